@@ -1,0 +1,105 @@
+"""Small helpers shared by the feature-based distillers (private to distiller_zoo)."""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def opt_get(ctx, name: str, default):
+    """`ctx.opt.<name>`, or `default` when the option is absent (or opt is None)."""
+    opt = getattr(ctx, "opt", None)
+    value = getattr(opt, name, None) if opt is not None else None
+    return default if value is None else value
+
+
+def _local_feature_shapes(model: nn.Module, input_shape: Sequence[int]) -> list:
+    """Same contract as `models.feature_shapes`: one eval-mode forward under no_grad, mode restored."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if (param is not None and param.is_floating_point()) else torch.float32
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            feats, _ = model(torch.zeros(2, *input_shape, device=device, dtype=dtype), is_feat=True)
+    finally:
+        model.train(was_training)
+    return [tuple(f.shape) for f in feats]
+
+
+def feature_shapes(model: nn.Module, input_shape: Sequence[int]) -> List[Tuple[int, ...]]:
+    """Per-sample shapes (no batch dimension) of `model(x, is_feat=True)` features.
+
+    Uses `models.feature_shapes` (eval mode, no_grad, train/eval mode restored). Only while the
+    `models` package does not exist yet (early development, generic test models) the equivalent
+    local forward is used.
+    """
+    try:
+        import models  # noqa: WPS433 (lazy: distiller_zoo may import models)
+        fn = getattr(models, "feature_shapes", None)
+    except ModuleNotFoundError as exc:
+        if exc.name != "models":
+            raise
+        fn = None
+    shapes = [tuple(int(d) for d in s) for s in (fn or _local_feature_shapes)(model, tuple(input_shape))]
+    if not shapes:
+        raise ValueError("model returned no features with is_feat=True")
+    # Stage maps are (C, H, W) per sample, (N, C, H, W) with the batch dimension.
+    if len(shapes[0]) in (2, 4):
+        shapes = [s[1:] for s in shapes]
+    return shapes
+
+
+def student_teacher_shapes(ctx):
+    return feature_shapes(ctx.student, ctx.input_shape), feature_shapes(ctx.teacher, ctx.input_shape)
+
+
+def pool_to(f: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    return f if tuple(f.shape[2:]) == tuple(hw) else F.adaptive_avg_pool2d(f, hw)
+
+
+def align_spatial(f_s: torch.Tensor, f_t: torch.Tensor):
+    """Average-pool the larger of two feature maps down to the smaller's spatial size
+    (the RepDistiller / SemCKD / SimKD convention for AT, VID, SemCKD, SimKD)."""
+    hw = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))
+    return pool_to(f_s, hw), pool_to(f_t, hw)
+
+
+def frozen_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """Apply the teacher's classifier without letting gradients reach its parameters."""
+    bias = layer.bias.detach() if layer.bias is not None else None
+    return F.linear(x, layer.weight.detach(), bias)
+
+
+def teacher_classifier(teacher: nn.Module) -> nn.Linear:
+    getter = getattr(teacher, "get_classifier", None)
+    if getter is None:
+        raise TypeError(f"teacher {type(teacher).__name__} has no get_classifier(); "
+                        "SRRL/SimKD reuse the teacher's classifier")
+    return getter()
+
+
+def require_map(shape, what: str):
+    if len(shape) != 3:
+        raise ValueError(f"{what} must be a (C, H, W) feature map, got per-sample shape {tuple(shape)}")
+
+
+def move_to(module: nn.Module, ctx) -> None:
+    device = getattr(ctx, "device", None)
+    if device is not None:
+        module.to(device)
+
+
+class SmallBatchSafeBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in training mode, falls back to its running statistics (without updating
+    them) when a batch has a single value per channel (batch of 1 on a 1x1 map), where plain
+    BatchNorm raises. Identical to nn.BatchNorm2d otherwise; same state-dict keys."""
+
+    def forward(self, x):
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        return super().forward(x)

@@ -1,0 +1,340 @@
+"""CKA-group distillation: make the student's processing flow resemble the teacher's.
+
+1. The teacher's layer-by-layer CKA matrix is computed on training data (minibatch CKA over
+   `--cka_batches` batches) and its layers are split into n contiguous groups by that matrix
+   (`helper.cka_groups.contiguous_groups`, exact DP).
+2. The student's layers are split into n contiguous groups too (`--cka_student_split`: even, or
+   in proportion to the teacher's group sizes); group i of the student is paired with group i of
+   the teacher.
+3. Each batch: the L_s x L_t CKA matrix between student and teacher layer outputs; each diagonal
+   group block is reduced to CKA_Gi (`--cka_reduce`), and the loss is the aggregate
+   (`--cka_agg`) of 1 - CKA_Gi. The teacher's features carry no gradient.
+
+The Grams of every layer are needed whatever the grouping (groups cover all layers); the products
+between them are one matrix multiplication for all pairs, cheaper in kernel launches than one per
+block, and the full matrix is what the epoch heatmap shows.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from distiller_zoo.base import Batch, DistillContext, Distiller, ModelOutputs
+from helper.cka import CKAAccumulator, cka_from_grams, normalized_grams
+from helper.cka_groups import (auto_n_groups, boundary_stability, contiguous_groups, even_split,
+                               groups_to_json, proportional_split, validate_groups)
+from helper.errors import ConfigError
+from helper.heatmap import heatmap_image, save_heatmap_png
+from models import feature_shapes
+from models.taps import FeatureTap
+
+GROUPS_FILE = 'cka_groups.json'
+MATRICES_FILE = 'cka_matrices.json'
+
+
+class LayerOutputs:
+    """The layer outputs CKA compares: block-level taps (forward hooks) or the is_feat stages."""
+
+    def __init__(self, model: nn.Module, kind: str, input_shape: Sequence[int]):
+        self.kind = kind
+        if kind == 'blocks':
+            self.names = list(model.block_layer_names())
+            self.tap = FeatureTap(model, self.names)
+        elif kind == 'stages':
+            num_stages = len(feature_shapes(model, input_shape)) - 1  # the pooled vector excluded
+            self.names = [f'is_feat[{i}]' for i in range(num_stages)]
+            self.tap = None
+        else:
+            raise ConfigError(f"--cka_layers {kind}: use 'blocks' or 'stages'")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def take(self, out: ModelOutputs) -> List[torch.Tensor]:
+        """The layer outputs of the forward pass that produced `out`; drops the tap's references."""
+        if self.tap is None:
+            return list(out.feats[:-1])
+        feats = self.tap.outputs
+        self.tap.clear()
+        return feats
+
+    @torch.no_grad()
+    def run(self, model: nn.Module, images: torch.Tensor) -> List[torch.Tensor]:
+        if self.tap is None:
+            feats, _ = model(images, is_feat=True)
+            return list(feats[:-1])
+        model(images)
+        return self.take(None)
+
+    def remove(self) -> None:
+        if self.tap is not None:
+            self.tap.remove()
+
+
+def parse_n_groups(value) -> Optional[int]:
+    """`--cka_groups`: a positive integer, or 'auto' (returned as None)."""
+    if str(value).lower() == 'auto':
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"--cka_groups {value!r}: give a positive integer or 'auto'") from None
+    if n < 1:
+        raise ConfigError(f'--cka_groups {n}: give at least 1 group')
+    return n
+
+
+def check_n_groups(n: int, num_layers: int, who: str, kind: str) -> None:
+    if n > num_layers:
+        raise ConfigError(f'--cka_groups {n} exceeds the {num_layers} {kind}-level layers of the '
+                          f'{who}; use at most {num_layers} (or --cka_layers blocks for more layers)')
+
+
+@torch.no_grad()
+def teacher_cka(teacher: nn.Module, layers: LayerOutputs, dataset, batches: int, batch_size: int,
+                kernel: str, debiased: bool, seed: int, device) -> tuple:
+    """Minibatch CKA of the teacher's layers on `batches` random batches of `dataset`.
+
+    Returns (pooled matrix, per-batch matrices) as numpy arrays. The batches are drawn at random
+    with a seeded generator: image folders are sorted by class, so their first batches would hold
+    a single class.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                         generator=generator, num_workers=0, drop_last=True)
+    if len(loader) == 0:
+        raise ConfigError(f'the training set ({len(dataset)} images) is smaller than one batch of '
+                          f'{batch_size}; lower --batch_size')
+    accumulator = CKAAccumulator(kernel=kernel, debiased=debiased, keep_per_batch=True)
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        for index, (images, *_rest) in enumerate(loader):
+            if index == batches:
+                break
+            accumulator.update(layers.run(teacher, images.to(device)))
+    finally:
+        teacher.train(was_training)
+    return accumulator.matrix().numpy(), [m.numpy() for m in accumulator.per_batch]
+
+
+def compute_teacher_groups(teacher: nn.Module, layers: LayerOutputs, dataset, n_groups: Optional[int],
+                           batches: int, batch_size: int, kernel: str, debiased: bool, seed: int,
+                           device, max_groups: Optional[int] = None, extra_settings=None) -> dict:
+    """The teacher's CKA matrix and its n contiguous groups, as the JSON record of cka_groups.json.
+
+    `n_groups=None` picks n with `auto_n_groups` (at most `max_groups`). Stability: how often each
+    boundary of the pooled grouping recurs in the groupings of single batches.
+    """
+    matrix, per_batch = teacher_cka(teacher, layers, dataset, batches, batch_size, kernel, debiased,
+                                    seed, device)
+    if n_groups is None:
+        n_groups = auto_n_groups(matrix, max_groups=max_groups)
+    check_n_groups(n_groups, len(layers), 'teacher', layers.kind)
+    groups = contiguous_groups(matrix, n_groups)
+    stability = boundary_stability(per_batch, n_groups, pooled=matrix)
+    settings = {'layers': layers.kind, 'kernel': kernel,
+                'estimator': 'debiased' if debiased else 'biased', 'objective': 'kmeans',
+                'n_groups': n_groups, 'batches': len(per_batch), 'batch_size': batch_size,
+                'seed': seed, **(extra_settings or {})}
+    return groups_to_json(layers.names, matrix, groups, settings=settings, stability=stability)
+
+
+def load_group_file(path: str, layer_names: Sequence[str], kind: str) -> dict:
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        names, groups = record['layer_names'], record['groups']
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f'--cka_group_file {path!r} is not a cka_groups.json file '
+                          f'({type(exc).__name__}: {exc}); write one with python -m helper.cka_groups') from None
+    if list(names) != list(layer_names):
+        raise ConfigError(f'--cka_group_file {path!r} names {len(names)} layers that do not match the '
+                          f"teacher's {len(layer_names)} {kind}-level layers; recompute it for this "
+                          'teacher and --cka_layers')
+    try:
+        validate_groups(groups, len(layer_names))
+    except ValueError as exc:
+        raise ConfigError(f'--cka_group_file {path!r}: {exc}') from None
+    return record
+
+
+def parse_weights(text: Optional[str], agg: str, n: int) -> Optional[List[float]]:
+    if agg != 'weighted':
+        if text:
+            raise ConfigError('--cka_weights is only used with --cka_agg weighted')
+        return None
+    if not text:
+        raise ConfigError(f'--cka_agg weighted needs --cka_weights with {n} comma-separated values')
+    try:
+        weights = [float(w) for w in text.split(',')]
+    except ValueError:
+        raise ConfigError(f'--cka_weights {text!r}: give {n} comma-separated numbers') from None
+    if len(weights) != n:
+        raise ConfigError(f'--cka_weights has {len(weights)} values but there are {n} groups; '
+                          f'give exactly {n}')
+    return weights
+
+
+class CKAGroupLoss(nn.Module):
+    """Aggregate of 1 - CKA_Gi over paired student/teacher layer groups.
+
+    `forward(student_feats, teacher_feats)` returns `(loss, group_cka, matrix)`: the scalar loss,
+    the n values CKA_Gi, and the full L_s x L_t CKA matrix (detached). CKA_Gi reduces the block of
+    the matrix with student group i as rows and teacher group i as columns (`reduce`: mean, min or
+    max); the loss aggregates 1 - CKA_Gi (`agg`: mean, sum, or weighted: sum_i w_i (1 - CKA_Gi)).
+    Teacher features are used under no_grad. The debiased estimator needs at least 4 samples: a
+    smaller (last) batch contributes a zero loss and is left out of the statistics.
+    """
+
+    def __init__(self, student_groups, teacher_groups, reduce: str = 'mean', agg: str = 'mean',
+                 weights: Optional[Sequence[float]] = None, kernel: str = 'linear',
+                 debiased: bool = True):
+        super().__init__()
+        if len(student_groups) != len(teacher_groups):
+            raise ValueError(f'{len(student_groups)} student groups for {len(teacher_groups)} teacher groups')
+        if reduce not in ('mean', 'min', 'max') or agg not in ('mean', 'sum', 'weighted'):
+            raise ValueError(f'unknown reduce {reduce!r} or agg {agg!r}')
+        if (agg == 'weighted') != (weights is not None) or (weights is not None and len(weights) != len(teacher_groups)):
+            raise ValueError('weights are needed with agg=weighted, one per group, and only then')
+        num_s = sum(len(g) for g in student_groups)
+        num_t = sum(len(g) for g in teacher_groups)
+        mask = torch.zeros(len(teacher_groups), num_s, num_t, dtype=torch.bool)
+        for i, (gs, gt) in enumerate(zip(student_groups, teacher_groups)):
+            mask[i, gs[0]:gs[-1] + 1, gt[0]:gt[-1] + 1] = True
+        self.register_buffer('mask', mask, persistent=False)
+        self.register_buffer('weights', torch.tensor(weights if weights else [1.0] * len(teacher_groups)),
+                             persistent=False)
+        self.student_groups, self.teacher_groups = student_groups, teacher_groups
+        self.reduce, self.agg, self.kernel, self.debiased = reduce, agg, kernel, debiased
+
+    def group_values(self, matrix: torch.Tensor) -> torch.Tensor:
+        blocks = matrix.unsqueeze(0)
+        if self.reduce == 'mean':
+            return (blocks * self.mask).sum(dim=(1, 2)) / self.mask.sum(dim=(1, 2))
+        if self.reduce == 'min':
+            return blocks.masked_fill(~self.mask, float('inf')).amin(dim=(1, 2))
+        return blocks.masked_fill(~self.mask, float('-inf')).amax(dim=(1, 2))
+
+    def forward(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]):
+        n = student_feats[0].shape[0]
+        if self.debiased and n < 4:
+            return None
+        with torch.no_grad():
+            teacher_grams = normalized_grams(teacher_feats, self.kernel, self.debiased)
+        student_grams = normalized_grams(student_feats, self.kernel, self.debiased)
+        matrix = cka_from_grams(student_grams, teacher_grams)
+        group_cka = self.group_values(matrix)
+        distance = 1.0 - group_cka
+        if self.agg == 'mean':
+            loss = distance.mean()
+        elif self.agg == 'sum':
+            loss = distance.sum()
+        else:
+            loss = (self.weights * distance).sum()
+        return loss, group_cka.detach(), matrix.detach()
+
+
+class CKAGroupDistiller(Distiller):
+    """`--distill ckagroup`: CKAGroupLoss on block taps (or stages), teacher groups precomputed."""
+
+    def __init__(self, ctx: DistillContext):
+        super().__init__(ctx)
+        opt = ctx.opt
+        self.needs_feats = opt.cka_layers == 'stages'
+        self.student_layers = LayerOutputs(ctx.student, opt.cka_layers, ctx.input_shape)
+        self.teacher_layers = LayerOutputs(ctx.teacher, opt.cka_layers, ctx.input_shape)
+        n = parse_n_groups(opt.cka_groups)
+        debiased = opt.cka_estimator == 'debiased'
+        if opt.cka_group_file:
+            record = load_group_file(opt.cka_group_file, self.teacher_layers.names, opt.cka_layers)
+            if n is not None and n != len(record['groups']):
+                print(f'note: --cka_group_file has {len(record["groups"])} groups; --cka_groups {n} ignored')
+            n = len(record['groups'])
+        if n is not None:
+            check_n_groups(n, len(self.student_layers), 'student', opt.cka_layers)
+            check_n_groups(n, len(self.teacher_layers), 'teacher', opt.cka_layers)
+            if opt.cka_agg == 'weighted':
+                parse_weights(opt.cka_weights, opt.cka_agg, n)  # fail before the teacher pass
+        if not opt.cka_group_file:
+            if ctx.eval_train_set is None:
+                raise ConfigError('ckagroup needs training data to group the teacher, or --cka_group_file')
+            record = compute_teacher_groups(
+                ctx.teacher, self.teacher_layers, ctx.eval_train_set(), n, opt.cka_batches,
+                opt.batch_size, opt.cka_kernel, debiased, opt.seed, ctx.device,
+                max_groups=len(self.student_layers), extra_settings={'teacher': ctx.teacher_name})
+            n = len(record['groups'])
+        self.teacher_record = record
+        teacher_groups = [list(g) for g in record['groups']]
+        check_n_groups(n, len(self.student_layers), 'student', opt.cka_layers)
+        if opt.cka_student_split == 'proportional':
+            student_groups = proportional_split(len(self.student_layers), teacher_groups)
+        else:
+            student_groups = even_split(len(self.student_layers), n)
+        weights = parse_weights(opt.cka_weights, opt.cka_agg, n)
+        self.loss = CKAGroupLoss(student_groups, teacher_groups, opt.cka_reduce, opt.cka_agg, weights,
+                                 opt.cka_kernel, debiased)
+        self.student_groups, self.teacher_groups = student_groups, teacher_groups
+        print(f'ckagroup: teacher groups {teacher_groups} ({len(self.teacher_layers)} {opt.cka_layers}), '
+              f'student groups {student_groups}')
+        self._teacher_logged = False
+        self._reset_epoch()
+
+    def _reset_epoch(self) -> None:
+        self._matrix_sum, self._group_sum, self._batches = None, None, 0
+
+    def forward(self, student_out: ModelOutputs, teacher_out: ModelOutputs, batch: Batch) -> dict:
+        student_feats = self.student_layers.take(student_out)
+        teacher_feats = self.teacher_layers.take(teacher_out)
+        result = self.loss(student_feats, teacher_feats)
+        if result is None:  # too few samples for the estimator (a last short batch)
+            return {}
+        loss, group_cka, matrix = result
+        if self._matrix_sum is None:
+            self._matrix_sum, self._group_sum = matrix.clone(), group_cka.clone()
+        else:
+            self._matrix_sum += matrix
+            self._group_sum += group_cka
+        self._batches += 1
+        return {'ckagroup': loss}
+
+    def end_epoch(self, epoch: int, run) -> dict:
+        """Per-group CKA_Gi (epoch mean of the per-batch values) and the epoch-mean matrix."""
+        if not self._teacher_logged:
+            teacher_matrix = np.asarray(self.teacher_record['matrix'])
+            run.write_json(GROUPS_FILE, self.teacher_record)
+            run.log_image('cka/teacher', heatmap_image(teacher_matrix, self.teacher_groups,
+                                                       self.teacher_groups), epoch)
+            if getattr(run, 'enabled', True):
+                save_heatmap_png(run.file('cka_groups.png'), teacher_matrix, self.teacher_groups,
+                                 self.teacher_groups, title='teacher CKA')
+            self._teacher_logged = True
+        if not self._batches:
+            return {}
+        matrix = (self._matrix_sum / self._batches).cpu().double().numpy()
+        groups = (self._group_sum / self._batches).cpu().double().tolist()
+        self._reset_epoch()
+        record = {f'cka/group_{i}': value for i, value in enumerate(groups)}
+        record['cka/group_mean'] = float(np.mean(groups))
+        run.log_image('cka/student_x_teacher', heatmap_image(matrix, self.student_groups,
+                                                             self.teacher_groups), epoch)
+        history = _read_json(run.file(MATRICES_FILE)) if getattr(run, 'enabled', True) else []
+        history = [h for h in history if h['epoch'] < epoch]
+        history.append({'epoch': epoch, 'student_layers': self.student_layers.names,
+                        'teacher_layers': self.teacher_layers.names,
+                        'student_groups': self.student_groups, 'teacher_groups': self.teacher_groups,
+                        'matrix': matrix.tolist(), 'group_cka': groups})
+        run.write_json(MATRICES_FILE, history)
+        return record
+
+
+def _read_json(path: str) -> list:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,149 @@
+"""Training and evaluation loops shared by every method.
+
+`train_epoch` runs any objective: plain cross-entropy for teachers, `DistillObjective` for
+students. The objective knows nothing method-specific: it asks the distiller what to compute and
+adds `beta * sum(terms)` to `cls * CE + div * KD`.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distiller_zoo.base import Batch, Distiller, ModelOutputs
+from distiller_zoo.kd import kd_loss
+from helper.errors import ConfigError
+
+
+def to_batch(data, device) -> Batch:
+    images, targets, *extra = data
+    move = lambda t: t.to(device, non_blocking=True)
+    return Batch(move(images), move(targets), tuple(move(e) for e in extra))
+
+
+class CrossEntropyObjective:
+    """Teacher training: cross-entropy only."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def train(self) -> None:
+        self.model.train()
+
+    def __call__(self, batch: Batch):
+        logits = self.model(batch.images)
+        loss = F.cross_entropy(logits, batch.targets)
+        return loss, {'loss_cls': loss.detach()}, logits
+
+
+class DistillObjective:
+    """cls * CE + div * KD(T) + beta * (the distiller's terms); the teacher stays frozen."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, distiller: Distiller, opt):
+        self.student, self.teacher, self.distiller = student, teacher, distiller
+        self.cls_w, self.div_w, self.beta, self.kd_T = opt.cls, opt.div, opt.beta, opt.kd_T
+
+    def train(self) -> None:
+        self.student.train()
+        self.distiller.train()
+        self.teacher.eval()  # never in train mode: its BN statistics must not move
+
+    def _outputs(self, model, images) -> ModelOutputs:
+        if self.distiller.needs_feats:
+            feats, logits = model(images, is_feat=True, preact=self.distiller.needs_preact)
+            return ModelOutputs(logits=logits, feats=feats)
+        return ModelOutputs(logits=model(images))
+
+    def __call__(self, batch: Batch):
+        with torch.no_grad():
+            teacher_out = self._outputs(self.teacher, batch.images)
+        student_out = self._outputs(self.student, batch.images)
+        logits = self.distiller.student_logits(student_out)
+        loss_cls = F.cross_entropy(logits, batch.targets)
+        loss = self.cls_w * loss_cls
+        terms = {'loss_cls': loss_cls.detach()}
+        if self.div_w:
+            loss_div = kd_loss(logits, teacher_out.logits, self.kd_T)
+            loss = loss + self.div_w * loss_div
+            terms['loss_div'] = loss_div.detach()
+        method_terms = self.distiller(student_out, teacher_out, batch)
+        for name, value in method_terms.items():
+            loss = loss + self.beta * value
+            terms[f'loss_{name}'] = value.detach()
+        return loss, terms, logits
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor, topk=(1, 5)) -> list:
+    """Number of correct predictions for each k (as tensors, so no device sync here)."""
+    maxk = min(max(topk), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices
+    hit = pred.eq(targets.unsqueeze(1))
+    return [hit[:, :min(k, maxk)].any(dim=1).sum() for k in topk]
+
+
+class _Sums:
+    """Running sums kept on the device; read (one sync) only when printing or at epoch end."""
+
+    def __init__(self):
+        self.values = {}
+        self.count = 0
+
+    def add(self, values: dict, n: int) -> None:
+        for key, value in values.items():
+            value = value.detach().float() * n
+            self.values[key] = self.values[key] + value if key in self.values else value
+        self.count += n
+
+    def means(self) -> dict:
+        return {k: float(v) / max(self.count, 1) for k, v in self.values.items()}
+
+
+def train_epoch(epoch: int, loader, objective, optimizer, device, print_freq: int,
+                total_epochs: int, log=print) -> dict:
+    """One pass over `loader`; returns mean loss terms, top-1/top-5 (%) and throughput."""
+    objective.train()
+    sums = _Sums()
+    start = time.time()
+    n_batches = len(loader)
+    for step, data in enumerate(loader, 1):
+        batch = to_batch(data, device)
+        loss, terms, logits = objective(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        top1, top5 = accuracy(logits.detach(), batch.targets)
+        n = batch.targets.shape[0]
+        sums.add({**terms, 'loss': loss, 'top1': top1 * 100.0 / n, 'top5': top5 * 100.0 / n}, n)
+        if step % print_freq == 0 or step == n_batches:
+            means = sums.means()
+            if not math.isfinite(means['loss']):
+                raise ConfigError(f'the loss became {means["loss"]} in epoch {epoch} by batch {step}; '
+                                  'lower --learning_rate or the loss weights (-c/-d/-b); '
+                                  'the last good checkpoint is kept')
+            elapsed = time.time() - start
+            rate = sums.count / max(elapsed, 1e-9)
+            left = elapsed / step * (n_batches - step) + elapsed / step * n_batches * (total_epochs - epoch)
+            log(f'epoch {epoch} [{step}/{n_batches}] loss {means["loss"]:.4f} '
+                f'top1 {means["top1"]:.2f} {rate:.0f} img/s, about {left / 60:.1f} min left')
+    means = sums.means()
+    elapsed = time.time() - start
+    means['images_per_s'] = sums.count / max(elapsed, 1e-9)
+    means['time'] = elapsed
+    return means
+
+
+@torch.no_grad()
+def validate(predict, loader, device) -> dict:
+    """Top-1 / top-5 (%) and cross-entropy of `predict(images) -> logits` over `loader`."""
+    sums = _Sums()
+    for data in loader:
+        batch = to_batch(data, device)
+        logits = predict(batch.images)
+        n = batch.targets.shape[0]
+        top1, top5 = accuracy(logits, batch.targets)
+        loss = F.cross_entropy(logits, batch.targets)
+        sums.add({'loss': loss, 'top1': top1 * 100.0 / n, 'top5': top5 * 100.0 / n}, n)
+    return sums.means()

@@ -1,0 +1,119 @@
+"""Command-line options of train_teacher.py and train_student.py.
+
+The flags, short forms, defaults and choices of the older CRD / SemCKD / SimKD scripts are kept so
+that users' shell scripts run unchanged; new flags are added after them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from dataset import DATASET_NAMES
+
+DISTILL_METHODS = ('kd', 'hint', 'attention', 'similarity', 'vid', 'crd', 'semckd', 'srrl',
+                   'simkd', 'ckagroup')
+# The older repos train these students with lr 0.01 whatever --learning_rate says.
+LOW_LR_MODELS = ('MobileNetV2', 'MobileNetV2_1_0', 'ShuffleV1', 'ShuffleV2', 'ShuffleV2_1_5')
+
+
+def _common(parser: argparse.ArgumentParser, print_freq: int) -> None:
+    add = parser.add_argument
+    add('--print_freq', type=int, default=print_freq, help='print frequency (batches)')
+    add('--batch_size', type=int, default=64, help='batch size (per process when distributed)')
+    add('--num_workers', type=int, default=8, help='data loading workers (0: main process)')
+    add('--epochs', type=int, default=240, help='number of training epochs')
+    add('--gpu_id', type=str, default=None,
+        help='ids for CUDA_VISIBLE_DEVICES, e.g. "0,1" (default: leave the environment alone)')
+    add('--learning_rate', type=float, default=0.05, help='learning rate')
+    add('--lr_decay_epochs', type=str, default='150,180,210', help='epochs where lr decays, comma list')
+    add('--lr_decay_rate', type=float, default=0.1, help='decay rate for learning rate')
+    add('--weight_decay', type=float, default=5e-4, help='weight decay')
+    add('--momentum', type=float, default=0.9, help='momentum')
+    add('--dataset', type=str, default='cifar100', choices=DATASET_NAMES, help='dataset')
+    add('--trial', type=str, default='1', help='trial id')
+    add('--dali', type=str, choices=['cpu', 'gpu'], default=None,
+        help='NVIDIA DALI loading of the older repos: not supported here (use the default loader)')
+    add('--multiprocessing-distributed', action='store_true',
+        help='one process per visible GPU (torch.distributed)')
+    add('--dist-url', default='tcp://127.0.0.1:23451', type=str, help='url for distributed init')
+    add('--deterministic', action='store_true', help='deterministic algorithms and data order')
+    # Options the older repos did not have.
+    add('--data_folder', type=str, default='./data', help='where data sets are read (and downloaded)')
+    add('--seed', type=int, default=0, help='random seed (model init, data order, augmentation)')
+    add('--resume', nargs='?', const='last', default=None, metavar='CKPT',
+        help="continue an interrupted run: from its run folder's last checkpoint, or from CKPT")
+    add('--save_dir', type=str, default='./save', help='root folder of run folders')
+    add('--device', type=str, default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'")
+    add('--train_per_class', type=int, default=None,
+        help='train on the first N images of each class (class-balanced subset)')
+
+
+def teacher_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser('train a teacher (or any model) with cross-entropy')
+    _common(parser, print_freq=100)
+    parser.add_argument('--model', type=str, default='resnet110', help='model name (see models.model_dict)')
+    return parser
+
+
+def student_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser('distil a student from a trained teacher')
+    _common(parser, print_freq=200)
+    add = parser.add_argument
+    add('--model_s', type=str, default='resnet8x4', help='student model name')
+    add('--path_t', type=str, default=None, help='teacher checkpoint')
+    add('--kd_T', type=float, default=4, help='temperature for KD distillation')
+    add('--distill', type=str, default='kd', choices=DISTILL_METHODS)
+    add('-c', '--cls', type=float, default=1.0, help='weight for classification')
+    add('-d', '--div', type=float, default=1.0, help='weight balance for KD')
+    add('-b', '--beta', type=float, default=0.0, help='weight balance for other losses')
+    add('-f', '--factor', type=int, default=2, help='factor size of SimKD')
+    add('-s', '--soft', type=float, default=1.0, help='attention scale of SemCKD')
+    add('--hint_layer', default=2, type=int, choices=[0, 1, 2, 3, 4])
+    add('--feat_dim', default=128, type=int, help='feature dimension')
+    add('--mode', default='exact', type=str, choices=['exact', 'relax'])
+    add('--nce_k', default=16384, type=int, help='number of negative samples for NCE')
+    add('--nce_t', default=0.07, type=float, help='temperature parameter for softmax')
+    add('--nce_m', default=0.5, type=float, help='momentum for non-parametric updates')
+    add('--skip-validation', action='store_true', help='skip validation of teacher')
+    # ckagroup
+    add('--cka_groups', type=str, default='4', help="number of layer groups n, or 'auto'")
+    add('--cka_group_file', type=str, default=None, help='cka_groups.json from python -m helper.cka_groups')
+    add('--cka_batches', type=int, default=10, help='training batches used to compute the teacher groups')
+    add('--cka_layers', type=str, default='blocks', choices=['blocks', 'stages'])
+    add('--cka_estimator', type=str, default='debiased', choices=['biased', 'debiased'])
+    add('--cka_kernel', type=str, default='linear', choices=['linear', 'rbf'])
+    add('--cka_student_split', type=str, default='even', choices=['even', 'proportional'])
+    add('--cka_reduce', type=str, default='mean', choices=['mean', 'min', 'max'])
+    add('--cka_agg', type=str, default='mean', choices=['mean', 'sum', 'weighted'])
+    add('--cka_weights', type=str, default=None, help="comma list of n group weights for --cka_agg weighted")
+    return parser
+
+
+def _finish(opt: argparse.Namespace) -> argparse.Namespace:
+    opt.lr_decay_epochs = [int(e) for e in str(opt.lr_decay_epochs).split(',') if e.strip()]
+    if opt.gpu_id is not None:
+        os.environ['CUDA_VISIBLE_DEVICES'] = opt.gpu_id
+    return opt
+
+
+def parse_teacher_options(argv=None) -> argparse.Namespace:
+    return _finish(teacher_parser().parse_args(argv))
+
+
+def parse_student_options(argv=None) -> argparse.Namespace:
+    opt = _finish(student_parser().parse_args(argv))
+    if opt.model_s in LOW_LR_MODELS and opt.learning_rate != 0.01:
+        print(f'note: --learning_rate {opt.learning_rate} replaced by 0.01 for {opt.model_s} '
+              '(the rule of the older repos for MobileNet/ShuffleNet students)')
+        opt.learning_rate = 0.01
+    return opt
+
+
+def teacher_run_name(opt: argparse.Namespace) -> str:
+    return f'{opt.model}_vanilla_{opt.dataset}_lr_{opt.learning_rate}_decay_{opt.weight_decay}_trial_{opt.trial}'
+
+
+def student_run_name(opt: argparse.Namespace, teacher_name: str) -> str:
+    # '-' instead of the older ':' so that the folder name is valid on every OS.
+    return (f'S-{opt.model_s}_T-{teacher_name}_{opt.dataset}_{opt.distill}'
+            f'_r-{opt.cls}_a-{opt.div}_b-{opt.beta}_{opt.trial}')

@@ -1,0 +1,70 @@
+"""One folder per run: options, per-epoch metrics as JSON, TensorBoard events, checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+
+from helper.errors import ConfigError
+
+OPTIONS_FILE = 'options.json'
+METRICS_FILE = 'metrics.json'
+LAST_CKPT = 'ckpt_last.pth'
+
+
+def _write_json_atomic(obj, path: str) -> None:
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    """The run's folder. Refuses to overwrite a finished or interrupted run unless resuming."""
+
+    def __init__(self, path: str, options: dict, resume: bool, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled  # False on every rank but 0 of a distributed run
+        self._writer = None
+        if not enabled:
+            return
+        last = os.path.join(path, LAST_CKPT)
+        if not resume and os.path.exists(last):
+            raise ConfigError(f'run folder {path!r} already holds a checkpoint; pass --resume to '
+                              'continue it, or change --trial / --save_dir for a new run')
+        os.makedirs(path, exist_ok=True)
+        _write_json_atomic(options, os.path.join(path, OPTIONS_FILE))
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    @property
+    def writer(self):
+        if self._writer is None and self.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+            self._writer = SummaryWriter(log_dir=self.path)
+        return self._writer
+
+    def log_epoch(self, history: list, record: dict) -> None:
+        """Append one epoch's record to the JSON history and write its scalars to TensorBoard."""
+        if not self.enabled:
+            return
+        history.append(record)
+        _write_json_atomic(history, self.file(METRICS_FILE))
+        epoch = record['epoch']
+        for key, value in record.items():
+            if key != 'epoch' and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+
+    def log_image(self, tag: str, image_hwc, step: int) -> None:
+        if self.enabled:
+            self.writer.add_image(tag, image_hwc, step, dataformats='HWC')
+            self.writer.flush()
+
+    def write_json(self, name: str, obj) -> None:
+        if self.enabled:
+            _write_json_atomic(obj, self.file(name))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,193 @@
+"""--distill ckagroup: the loss against an independent float64 reference, training behaviour,
+end-to-end runs across model families, TensorBoard contents, and bad input."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from distiller_zoo.base import Batch, DistillContext, ModelOutputs
+from distiller_zoo.ckagroup import CKAGroupDistiller, CKAGroupLoss
+from helper.checkpoint import freeze
+from helper.train import main, run_student
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--dataset', 'synthetic', '--train_per_class', '12', '--batch_size', '24', '--num_workers', '0',
+        '--device', 'cpu', '--print_freq', '5', '--learning_rate', '0.02', '--skip-validation',
+        '--cka_batches', '2']
+
+
+def debiased_cka_reference(x, y):
+    """Unbiased HSIC (Song et al. 2012) with explicit sums, float64 numpy."""
+    def hsic(K, L):
+        n = K.shape[0]
+        K, L = K.copy(), L.copy()
+        np.fill_diagonal(K, 0)
+        np.fill_diagonal(L, 0)
+        ones = np.ones(n)
+        return (np.trace(K @ L) + ones @ K @ ones * (ones @ L @ ones) / ((n - 1) * (n - 2))
+                - 2.0 / (n - 2) * ones @ K @ L @ ones) / (n * (n - 3))
+    x = x.reshape(len(x), -1).astype(np.float64)
+    y = y.reshape(len(y), -1).astype(np.float64)
+    K, L = x @ x.T, y @ y.T
+    return hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
+
+
+def test_group_values_match_float64_reference():
+    torch.manual_seed(0)
+    n = 12
+    student = [torch.randn(n, 4, 3, 3), torch.randn(n, 10), torch.randn(n, 2, 5)]
+    base = torch.randn(n, 6)
+    teacher = [torch.randn(n, 8), base + 0.1 * torch.randn(n, 6), base, torch.randn(n, 3, 2, 2)]
+    s_groups, t_groups = [[0, 1], [2]], [[0], [1, 2, 3]]
+    ref = np.array([[debiased_cka_reference(s.numpy(), t.numpy()) for t in teacher] for s in student])
+    expected_mean = [ref[0:2, 0:1].mean(), ref[2:3, 1:4].mean()]
+    for reduce, expected in [('mean', expected_mean), ('min', [ref[0:2, 0:1].min(), ref[2:3, 1:4].min()]),
+                             ('max', [ref[0:2, 0:1].max(), ref[2:3, 1:4].max()])]:
+        loss, values, matrix = CKAGroupLoss(s_groups, t_groups, reduce=reduce)(student, teacher)
+        np.testing.assert_allclose(values.numpy(), expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(matrix.numpy(), ref, rtol=1e-4, atol=1e-5)
+    loss, _, _ = CKAGroupLoss(s_groups, t_groups, agg='sum')(student, teacher)
+    assert loss.item() == pytest.approx(sum(1 - v for v in expected_mean), rel=1e-4)
+    loss, _, _ = CKAGroupLoss(s_groups, t_groups, agg='weighted', weights=[2.0, 0.5])(student, teacher)
+    assert loss.item() == pytest.approx(2 * (1 - expected_mean[0]) + 0.5 * (1 - expected_mean[1]), rel=1e-4)
+    assert CKAGroupLoss(s_groups, t_groups)([s[:3] for s in student], [t[:3] for t in teacher]) is None
+
+
+def _ctx(student, teacher, **opts):
+    defaults = dict(cka_layers='blocks', cka_groups='2', cka_group_file=None, cka_estimator='debiased',
+                    cka_kernel='linear', cka_student_split='even', cka_reduce='mean', cka_agg='mean',
+                    cka_weights=None, cka_batches=2, batch_size=16, seed=0)
+    defaults.update(opts)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))
+    return DistillContext(student=student, teacher=teacher, student_name='s', teacher_name='t',
+                          num_classes=10, input_shape=(3, 32, 32), num_train_samples=64,
+                          device=torch.device('cpu'), opt=argparse.Namespace(**defaults),
+                          eval_train_set=lambda: data)
+
+
+def test_optimising_the_cka_term_raises_every_group_and_spares_the_teacher():
+    torch.manual_seed(1)
+    teacher, student = models.build_model('resnet14', 10), models.build_model('vgg8', 10)
+    freeze(teacher)
+    distiller = CKAGroupDistiller(_ctx(student, teacher, cka_groups='3'))
+    images = torch.randn(16, 3, 32, 32)
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+    student.train()
+
+    def step():
+        with torch.no_grad():
+            teacher(images)
+        student(images)
+        teacher_feats = distiller.teacher_layers.take(None)
+        return distiller.loss(distiller.student_layers.take(None), teacher_feats)[:2]
+
+    _, first_values = step()
+    for index in range(25):
+        loss, _ = step()
+        optimizer.zero_grad()
+        loss.backward()
+        if index == 0:
+            assert all(p.grad is None for p in teacher.parameters())
+            assert all(p.grad is not None for p in student.parameters() if p.requires_grad
+                       and p is not student.get_classifier().weight and p is not student.get_classifier().bias)
+        optimizer.step()
+    _, final_values = step()
+    assert torch.all(final_values > first_values + 0.01), (first_values, final_values)
+
+
+def _save_teacher(tmp_path, arch):
+    torch.manual_seed(0)
+    model = models.build_model(arch, 10)
+    path = tmp_path / f'{arch}_vanilla' / 'ckpt.pth'
+    path.parent.mkdir(parents=True)
+    torch.save({'model': model.state_dict(), 'arch': arch, 'num_classes': 10}, path)
+    return path
+
+
+@pytest.mark.parametrize('teacher, student', [('vgg8', 'MobileNetV2'), ('resnet8', 'ShuffleV2'),
+                                              ('wrn_16_1', 'vgg8')])
+def test_end_to_end_cross_family(tmp_path, teacher, student):
+    path_t = _save_teacher(tmp_path, teacher)
+    save = tmp_path / 'save'
+    summary = run_student(TINY + ['--path_t', str(path_t), '--model_s', student, '--distill', 'ckagroup',
+                                  '-b', '1', '--epochs', '2', '--cka_groups', '3', '--save_dir', str(save)])
+    assert summary['epochs'] == 2
+    (run_dir,) = (save / 'students').iterdir()
+    groups = json.loads((run_dir / 'cka_groups.json').read_text())
+    assert len(groups['groups']) == 3
+    assert groups['layer_names'] == models.build_model(teacher, 10).block_layer_names()
+    matrices = json.loads((run_dir / 'cka_matrices.json').read_text())
+    num_s = len(models.build_model(student, 10).block_layer_names())
+    assert [m['epoch'] for m in matrices] == [1, 2]
+    assert np.asarray(matrices[-1]['matrix']).shape == (num_s, len(groups['layer_names']))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir), size_guidance={'scalars': 0, 'images': 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ('cka/group_0', 'cka/group_2', 'train/loss_ckagroup', 'train/loss_cls', 'train/loss_div'):
+        assert tag in tags['scalars'], tag
+    assert {'cka/teacher', 'cka/student_x_teacher'} <= set(tags['images'])
+    group0 = [e.value for e in events.Scalars('cka/group_0')]
+    assert group0 == pytest.approx([m['group_cka'][0] for m in matrices], abs=1e-5)
+    assert len(events.Images('cka/student_x_teacher')) == 2
+
+
+@pytest.mark.parametrize('teacher, student', [('resnet32x4', 'resnet8x4'), ('vgg13', 'MobileNetV2'),
+                                              ('resnet32x4', 'ShuffleV2'), ('wrn_40_2', 'wrn_16_2'),
+                                              ('ResNet50', 'vgg8')])
+def test_every_listed_pair_takes_a_step(teacher, student):
+    torch.manual_seed(0)
+    t_model, s_model = models.build_model(teacher, 10), models.build_model(student, 10)
+    freeze(t_model)
+    distiller = CKAGroupDistiller(_ctx(s_model, t_model, cka_groups='4', batch_size=8, cka_batches=1))
+    images = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        t_out = ModelOutputs(logits=t_model(images))
+    s_out = ModelOutputs(logits=s_model(images))
+    loss = distiller(s_out, t_out, Batch(images, torch.zeros(8, dtype=torch.long)))['ckagroup']
+    loss.backward()
+    assert torch.isfinite(loss) and 0.0 <= loss.item() <= 2.0
+    assert len(distiller.teacher_groups) == len(distiller.student_groups) == 4
+
+
+def test_bad_inputs_fail_before_training(tmp_path, capsys):
+    path_t = _save_teacher(tmp_path, 'resnet8')
+    wrong_file = tmp_path / 'groups.json'
+    wrong_file.write_text(json.dumps({'layer_names': ['a', 'b'], 'groups': [[0], [1]]}))
+    base = TINY + ['--path_t', str(path_t), '--model_s', 'resnet8', '--distill', 'ckagroup', '--epochs', '1',
+                   '--save_dir', str(tmp_path / 'save')]
+    cases = [(['--cka_groups', '9'], 'exceeds'),  # resnet8 has stem + 3 blocks
+             (['--cka_group_file', str(wrong_file)], 'do not match'),
+             (['--cka_groups', '2', '--cka_agg', 'weighted', '--cka_weights', '1,2,3'], 'exactly 2'),
+             (['--cka_groups', 'many'], 'auto')]
+    for extra, words in cases:
+        assert main(run_student, base + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert not list((tmp_path / 'save').rglob('*.pth'))
+
+
+def test_group_file_from_cli_is_accepted(tmp_path):
+    path_t = _save_teacher(tmp_path, 'resnet8')
+    out = tmp_path / 'groups'
+    result = subprocess.run([sys.executable, '-m', 'helper.cka_groups', '--path_t', str(path_t),
+                             '--dataset', 'synthetic', '--train_per_class', '12', '--n_groups', '2',
+                             '--batches', '3', '--batch_size', '16', '--out', str(out), '--device', 'cpu'],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / 'cka_groups.json').read_text())
+    assert record['layer_names'] == models.build_model('resnet8', 10).block_layer_names()
+    assert [i for g in record['groups'] for i in g] == list(range(4)) and len(record['groups']) == 2
+    assert record['stability']['num_batches'] == 3 and record['settings']['estimator'] == 'debiased'
+    from PIL import Image
+    assert Image.open(out / 'cka_groups.png').size[0] > 20
+    summary = run_student(TINY + ['--path_t', str(path_t), '--model_s', 'vgg8', '--distill', 'ckagroup',
+                                  '--cka_group_file', str(out / 'cka_groups.json'), '--epochs', '1',
+                                  '--save_dir', str(tmp_path / 'save')])
+    assert summary['epochs'] == 1

@@ -1,0 +1,393 @@
+"""Tests for dataset/: CPU only, no network, every file they read is written here."""
+
+import hashlib
+import os
+import pickle
+import struct
+import time
+import urllib.error
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import datasets as tvd
+
+import dataset
+from dataset import (ContrastiveDataset, DatasetUnavailableError, IndexedDataset, build_datasets, net)
+from dataset import synthetic as syn
+
+
+def _one_line(msg):
+    return "\n" not in msg and msg.strip() == msg
+
+
+# ---------------------------------------------------------------- CIFAR helpers
+
+def _write_cifar(root, kind="cifar10", n_train=20, n_test=10, seed=0):
+    rng = np.random.default_rng(seed)
+    ncls = 10 if kind == "cifar10" else 100
+    base = os.path.join(root, "cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python")
+    os.makedirs(base, exist_ok=True)
+    key = "labels" if kind == "cifar10" else "fine_labels"
+    train_x = rng.integers(0, 256, (n_train, 3072), dtype=np.uint8)
+    train_y = [int(i % ncls) for i in range(n_train)]
+    test_x = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
+    test_y = [int((3 * i) % ncls) for i in range(n_test)]
+
+    def dump(name, obj):
+        with open(os.path.join(base, name), "wb") as f:
+            pickle.dump(obj, f)
+
+    def entry(x, y):
+        e = {"data": x, key: y, "batch_label": "test", "filenames": [f"{i}.png" for i in range(len(y))]}
+        if kind == "cifar100":
+            e["coarse_labels"] = [t // 5 for t in y]
+        return e
+
+    if kind == "cifar10":
+        for b in range(5):  # five training batches, 4 images each
+            sl = slice(b * n_train // 5, (b + 1) * n_train // 5)
+            dump(f"data_batch_{b + 1}", entry(train_x[sl], train_y[sl]))
+        dump("test_batch", entry(test_x, test_y))
+        dump("batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
+    else:
+        dump("train", entry(train_x, train_y))
+        dump("test", entry(test_x, test_y))
+        dump("meta", {"fine_label_names": [f"f{i}" for i in range(100)],
+                      "coarse_label_names": [f"g{i}" for i in range(20)]})
+    hwc = lambda x: x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # noqa: E731
+    return base, hwc(train_x), train_y, hwc(test_x), test_y
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Simulate a machine without network (never touches the real network)."""
+    monkeypatch.setattr(net, "can_reach", lambda url, timeout=net.PROBE_TIMEOUT_S: False)
+
+
+@pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
+def test_cifar_reads_test_written_batches(tmp_path, kind):
+    _, xtr, ytr, xte, yte = _write_cifar(tmp_path, kind)
+    with pytest.warns(UserWarning, match="md5"):
+        b = build_datasets(kind, str(tmp_path), download=False, augment=False)
+    assert b.num_classes == (10 if kind == "cifar10" else 100) and b.image_size == 32
+    assert len(b.train) == 20 and len(b.val) == 10
+    assert b.train.targets == ytr and b.val.targets == yte
+    np.testing.assert_array_equal(b.train.data, xtr)
+    np.testing.assert_array_equal(b.val.data, xte)
+    img, t = b.train[3]
+    assert img.shape == (3, 32, 32) and t == ytr[3]
+    mean, std = torch.tensor(b.mean)[:, None, None], torch.tensor(b.std)[:, None, None]
+    raw = torch.from_numpy(xtr[3]).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(img, (raw - mean) / std)
+    exp_mean = (0.4914, 0.4822, 0.4465) if kind == "cifar10" else (0.5071, 0.4867, 0.4408)
+    assert b.mean == exp_mean
+
+
+def test_cifar_checked_path_when_md5_matches(tmp_path, monkeypatch):
+    """With matching md5 sums the files go through torchvision's own checked loader, no warning."""
+    base, xtr, ytr, _, _ = _write_cifar(tmp_path, "cifar10")
+    md5 = lambda f: hashlib.md5(open(os.path.join(base, f), "rb").read()).hexdigest()  # noqa: E731
+    monkeypatch.setattr(tvd.CIFAR10, "train_list", [[f"data_batch_{i}", md5(f"data_batch_{i}")] for i in range(1, 6)])
+    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", md5("test_batch")]])
+    monkeypatch.setattr(tvd.CIFAR10, "meta", dict(tvd.CIFAR10.meta, md5=md5("batches.meta")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = build_datasets("cifar10", str(tmp_path), download=False)
+    assert b.train.targets == ytr
+    np.testing.assert_array_equal(b.train.data, xtr)
+
+
+def test_cifar_corrupt_files_raise_clean_error(tmp_path):
+    base, *_ = _write_cifar(tmp_path, "cifar10")
+    with open(os.path.join(base, "data_batch_2"), "wb") as f:
+        f.write(b"not a pickle")
+    with pytest.warns(UserWarning), pytest.raises(DatasetUnavailableError) as e:
+        build_datasets("cifar10", str(tmp_path), download=False)
+    assert _one_line(str(e.value)) and "--data_folder" in str(e.value)
+
+
+@pytest.mark.parametrize("kind,folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"),
+                                         ("fashionmnist", "FashionMNIST/raw")])
+def test_offline_absent_raises_fast_one_line(tmp_path, offline, kind, folder):
+    root = tmp_path / "nothing_here"
+    t0 = time.time()
+    with pytest.raises(DatasetUnavailableError) as e:
+        build_datasets(kind, str(root), download=True)
+    assert time.time() - t0 < 3
+    msg = str(e.value)
+    assert isinstance(e.value, RuntimeError) and _one_line(msg)
+    assert "--data_folder" in msg and folder in msg and "no network" in msg
+    assert not root.exists()  # nothing created
+
+
+def test_download_failure_is_wrapped(tmp_path, monkeypatch):
+    """Network reachable but the download fails: still one clean line."""
+    monkeypatch.setattr(net, "can_reach", lambda url, timeout=3.0: True)
+
+    def boom(*a, **k):
+        raise urllib.error.URLError("connection reset\nsecond line")
+
+    monkeypatch.setattr(tvd.CIFAR10, "download", boom)
+    with pytest.raises(DatasetUnavailableError) as e:
+        build_datasets("cifar10", str(tmp_path), download=True)
+    assert _one_line(str(e.value)) and "--data_folder" in str(e.value) and "URLError" in str(e.value)
+
+
+def test_absent_without_download_and_probe_is_bounded(tmp_path):
+    with pytest.raises(DatasetUnavailableError, match="--data_folder"):
+        build_datasets("cifar100", str(tmp_path), download=False)
+    t0 = time.time()
+    assert net.can_reach("https://nonexistent.invalid/x.tar.gz", timeout=0.5) is False
+    assert isinstance(net.can_reach("http://10.255.255.1:81/", timeout=0.5), bool)
+    assert time.time() - t0 < 3
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match="synthetic"):
+        build_datasets("mnist42")
+    assert set(dataset.DATASET_NAMES) >= {"cifar10", "cifar100", "cinic10", "imagenet", "folder",
+                                          "fashionmnist", "synthetic"}
+
+
+# ---------------------------------------------------------------- ImageFolder sets
+
+def _write_tree(root, split, classes, size, per_class=2, seed=0):
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        d = os.path.join(root, split, c)
+        os.makedirs(d, exist_ok=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(arr).save(os.path.join(d, f"{i}.png"))
+
+
+def test_folder_small_images_cifar_style(tmp_path):
+    _write_tree(tmp_path, "train", ["cat", "dog", "frog"], (16, 16))
+    _write_tree(tmp_path, "val", ["dog", "frog"], (16, 16), per_class=1)  # 'cat' missing from val
+    b = build_datasets("folder", str(tmp_path))
+    assert b.num_classes == 3 and b.image_size == 16
+    assert b.train.targets == [0, 0, 1, 1, 2, 2]
+    assert b.val.targets == [1, 2]  # mapped with train's indices despite the missing class
+    assert b.train[0][0].shape == (3, 16, 16) and b.val[0][0].shape == (3, 16, 16)
+    names = [type(t).__name__ for t in b.train.transform.transforms]
+    assert "RandomCrop" in names and "RandomResizedCrop" not in names
+    b2 = build_datasets("folder", str(tmp_path), augment=False)
+    assert "RandomCrop" not in [type(t).__name__ for t in b2.train.transform.transforms]
+
+
+def test_folder_large_images_imagenet_style(tmp_path):
+    _write_tree(tmp_path, "train", ["a", "b"], (80, 72), per_class=1)
+    _write_tree(tmp_path, "val", ["a", "b"], (80, 72), per_class=1)
+    b = build_datasets("folder", str(tmp_path))
+    assert b.num_classes == 2 and b.image_size == 224
+    assert b.train[0][0].shape == (3, 224, 224) and b.val[1][0].shape == (3, 224, 224)
+    assert "RandomResizedCrop" in [type(t).__name__ for t in b.train.transform.transforms]
+    assert b.mean == (0.485, 0.456, 0.406)
+
+
+def test_cinic10_and_imagenet_trees(tmp_path):
+    cinic = tmp_path / "cinic-10"  # found under data_folder/cinic-10 too
+    _write_tree(cinic, "train", [f"k{i}" for i in range(4)], (32, 32), per_class=2)
+    _write_tree(cinic, "valid", [f"k{i}" for i in range(4)], (32, 32), per_class=1)
+    b = build_datasets("cinic10", str(tmp_path), train_per_class=1)
+    assert b.num_classes == 4 and b.image_size == 32 and len(b.val) == 4
+    assert b.train.targets == [0, 1, 2, 3] and b.train[2][1] == 2
+    assert b.train[0][0].shape == (3, 32, 32)
+    assert b.mean[0] == pytest.approx(0.4789, abs=1e-3)
+
+    imnet = tmp_path / "imnet"
+    _write_tree(imnet, "train", ["n01", "n02"], (40, 40), per_class=1)  # small files, still ImageNet-style
+    _write_tree(imnet, "val", ["n01", "n02"], (40, 40), per_class=1)
+    b = build_datasets("imagenet", str(imnet))
+    assert b.num_classes == 2 and b.image_size == 224 and b.val[0][0].shape == (3, 224, 224)
+
+
+def test_folder_missing_or_bad_layout(tmp_path):
+    for name in ("folder", "cinic10", "imagenet"):
+        with pytest.raises(DatasetUnavailableError) as e:
+            build_datasets(name, str(tmp_path / "absent"))
+        assert _one_line(str(e.value)) and "--data_folder" in str(e.value)
+    with pytest.raises(DatasetUnavailableError, match="--data_folder"):
+        build_datasets("folder")  # no folder given
+    _write_tree(tmp_path, "train", ["a"], (8, 8), per_class=1)
+    _write_tree(tmp_path, "val", ["a", "zzz"], (8, 8), per_class=1)
+    with pytest.raises(DatasetUnavailableError, match="zzz"):
+        build_datasets("folder", str(tmp_path))
+
+
+# ---------------------------------------------------------------- Fashion-MNIST
+
+def _write_idx(path, arr, labels=False):
+    arr = np.asarray(arr, dtype=np.uint8)
+    with open(path, "wb") as f:
+        if labels:
+            f.write(struct.pack(">II", 2049, len(arr)))
+        else:
+            f.write(struct.pack(">IIII", 2051, *arr.shape))
+        f.write(arr.tobytes())
+
+
+def test_fashionmnist_from_raw_layout(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    xtr, ytr = rng.integers(1, 256, (20, 28, 28)), np.arange(20) % 10
+    xte, yte = rng.integers(1, 256, (10, 28, 28)), np.arange(10)[::-1]
+    _write_idx(raw / "train-images-idx3-ubyte", xtr)
+    _write_idx(raw / "train-labels-idx1-ubyte", ytr, labels=True)
+    _write_idx(raw / "t10k-images-idx3-ubyte", xte)
+    _write_idx(raw / "t10k-labels-idx1-ubyte", yte, labels=True)
+    b = build_datasets("fashionmnist", str(tmp_path), download=False, augment=False)
+    assert b.num_classes == 10 and b.image_size == 32
+    assert b.train.data.shape == (20, 32, 32, 3) and b.train.data.dtype == np.uint8
+    assert b.train.targets == ytr.tolist() and b.val.targets == yte.tolist()
+    np.testing.assert_array_equal(b.train.data[:, 2:30, 2:30, 1], xtr)
+    assert b.train.data[:, :2].max() == 0 and b.train.data[:, :, 30:].max() == 0
+    img, _ = b.val[0]
+    assert img.shape == (3, 32, 32)
+    torch.testing.assert_close(img[0], img[2])
+
+
+# ---------------------------------------------------------------- synthetic
+
+@pytest.fixture(scope="module")
+def synth():
+    return build_datasets("synthetic")
+
+
+def test_synthetic_deterministic_balanced(synth):
+    b = synth
+    assert b.num_classes == 10 and b.image_size == 32 and len(b.train) == 5000 and len(b.val) == 1000
+    assert b.train.data.shape == (5000, 32, 32, 3) and b.train.data.dtype == np.uint8
+    assert set(Counter(b.train.targets).values()) == {500}
+    assert set(Counter(b.val.targets).values()) == {100}
+    d2, t2 = syn.generate(5000, syn.TRAIN_SEED)
+    assert d2.tobytes() == b.train.data.tobytes() and t2 == b.train.targets
+    assert not np.array_equal(b.train.data[:1000], b.val.data)  # separate seeds
+    img, t = b.train[0]
+    assert img.shape == (3, 32, 32) and img.dtype == torch.float32 and isinstance(t, int)
+    b2 = build_datasets("synthetic", "/ignored/folder", augment=False)
+    assert b2.mean == b.mean and b2.train.data.tobytes() == b.train.data.tobytes()
+    torch.testing.assert_close(b2.train[5][0], b2.train[5][0])  # eval transform: deterministic
+
+
+def _tensors(ds):
+    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 255
+    return x, torch.tensor(ds.targets)
+
+
+def test_synthetic_learnable_but_not_trivial(synth):
+    """A tiny conv net learns it well above chance in a few seconds; a linear model on
+    downsampled pixels stays near chance (random phases), so it is not pixel-trivial."""
+    x, y = _tensors(synth.train)
+    xv, yv = _tensors(synth.val)
+    m, s = torch.tensor(synth.mean)[:, None, None], torch.tensor(synth.std)[:, None, None]
+    x, xv = (x - m) / s, (xv - m) / s
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+
+        def fit(net, epochs, n=5000, bs=64, lr=3e-3):
+            opt = torch.optim.Adam(net.parameters(), lr)
+            for _ in range(epochs):
+                perm = torch.randperm(n)
+                for k in range(0, n, bs):
+                    i = perm[k:k + bs]
+                    loss = F.cross_entropy(net(x[i]), y[i])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            net.eval()
+            with torch.no_grad():
+                return (net(xv).argmax(1) == yv).float().mean().item()
+
+        conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+        t0 = time.time()
+        acc_conv = fit(conv, epochs=3)
+        linear = nn.Sequential(nn.AvgPool2d(4), nn.Flatten(), nn.Linear(192, 10))
+        acc_lin = fit(linear, epochs=5)
+        elapsed = time.time() - t0
+    finally:
+        torch.set_num_threads(threads)
+    print(f"synthetic: tiny conv {acc_conv:.3f}, linear {acc_lin:.3f} ({elapsed:.1f}s)")
+    assert acc_conv > 0.3
+    assert acc_lin < 0.25
+    assert acc_conv < 0.95
+
+
+# ---------------------------------------------------------------- subsets and wrappers
+
+def test_train_per_class_subset(synth):
+    b = build_datasets("synthetic", train_per_class=7)
+    full = synth.train.targets
+    assert len(b.train) == 70 and set(Counter(b.train.targets).values()) == {7}
+    seen, expect = Counter(), []
+    for i, t in enumerate(full):
+        seen[t] += 1
+        if seen[t] <= 7:
+            expect.append(i)
+    np.testing.assert_array_equal(b.train.data, synth.train.data[expect])
+    assert b.train.targets == [full[i] for i in expect]
+    assert b.train[3][1] == b.train.targets[3]
+    assert len(b.val) == 1000
+    with pytest.raises(ValueError, match="train_per_class"):
+        build_datasets("synthetic", train_per_class=501)
+
+
+def test_indexed_and_contrastive(synth):
+    small = dataset.subset(synth.train, dataset.class_balanced_indices(synth.train.targets, 20))
+    idx_ds = IndexedDataset(small)
+    img, t, i = idx_ds[5]
+    assert i == 5 and t == small.targets[5] and idx_ds.targets == small.targets
+
+    targets = np.asarray(small.targets)
+    k = 60
+    torch.manual_seed(123)
+    exact = ContrastiveDataset(small, k=k, mode="exact")
+    relax = ContrastiveDataset(small, k=k, mode="relax")
+    seen = set()
+    for index in range(0, len(small), 7):
+        for ds, mode in ((exact, "exact"), (relax, "relax")):
+            img, t, i, cidx = ds[index]
+            assert i == index and t == targets[index]
+            assert cidx.dtype == torch.long and cidx.shape == (k + 1,)
+            if mode == "exact":
+                assert cidx[0].item() == index
+            else:
+                assert targets[cidx[0]] == targets[index]
+            neg = cidx[1:].numpy()
+            assert (targets[neg] != targets[index]).all()
+            assert len(set(neg.tolist())) == k  # without replacement when possible
+            seen.update(neg.tolist())
+    assert len(seen) > 150  # negatives spread over the whole set
+
+    # reproducible under torch.manual_seed; k larger than the negative pool -> replacement
+    torch.manual_seed(7)
+    a = ContrastiveDataset(small, k=500, mode="relax")[3][3]
+    torch.manual_seed(7)
+    b = ContrastiveDataset(small, k=500, mode="relax")[3][3]
+    assert torch.equal(a, b) and (targets[a[1:]] != targets[3]).all()
+
+    batch = next(iter(torch.utils.data.DataLoader(exact, batch_size=4)))
+    assert batch[3].shape == (4, k + 1) and batch[2].tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        ContrastiveDataset(small, k=5, mode="bogus")
+
+
+def test_contrastive_on_folder_subset(tmp_path):
+    _write_tree(tmp_path, "train", ["a", "b", "c"], (8, 8), per_class=3)
+    _write_tree(tmp_path, "val", ["a", "b", "c"], (8, 8), per_class=1)
+    b = build_datasets("folder", str(tmp_path), train_per_class=2)
+    assert b.train.targets == [0, 0, 1, 1, 2, 2]
+    ds = ContrastiveDataset(b.train, k=3)
+    _, t, i, c = ds[2]
+    assert c[0] == 2 and all(b.train.targets[j] != 1 for j in c[1:].tolist())

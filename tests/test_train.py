@@ -1,0 +1,178 @@
+"""End-to-end runs of train_teacher.py / train_student.py on the synthetic set (tiny budgets)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import models
+from helper.train import main, run_student, run_teacher
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Tiny budget: 20 images per class, 1-2 epochs, batch 32, in-process loading.
+TINY = ['--dataset', 'synthetic', '--train_per_class', '20', '--batch_size', '32', '--num_workers', '0',
+        '--device', 'cpu', '--print_freq', '2', '--learning_rate', '0.02']
+
+
+def read_scalars(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(run_dir, size_guidance={'scalars': 0, 'images': 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(scope='module')
+def teacher_ckpt(tmp_path_factory):
+    save = tmp_path_factory.mktemp('save')
+    summary = run_teacher(TINY + ['--model', 'resnet8', '--epochs', '2', '--save_dir', str(save)])
+    run_dir = save / 'teachers' / 'resnet8_vanilla_synthetic_lr_0.02_decay_0.0005_trial_1'
+    assert summary['epochs'] == 2
+    return run_dir / 'resnet8_best.pth'
+
+
+def test_teacher_run_folder(teacher_ckpt):
+    run_dir = teacher_ckpt.parent
+    for name in ('options.json', 'metrics.json', 'summary.json', 'ckpt_last.pth'):
+        assert (run_dir / name).exists(), name
+    history = json.loads((run_dir / 'metrics.json').read_text())
+    assert [r['epoch'] for r in history] == [1, 2]
+    for key in ('train/top1', 'train/top5', 'train/loss_cls', 'test/top1', 'test/top5', 'lr', 'time'):
+        assert key in history[0]
+    ckpt = torch.load(teacher_ckpt, weights_only=True)
+    assert ckpt['arch'] == 'resnet8' and ckpt['num_classes'] == 10 and ckpt['dataset'] == 'synthetic'
+    events = read_scalars(str(run_dir))
+    test_top1 = [e.value for e in events.Scalars('test/top1')]
+    assert test_top1 == pytest.approx([r['test/top1'] for r in history], abs=1e-4)
+
+
+def test_student_kd_and_resume_equals_uninterrupted(teacher_ckpt, tmp_path):
+    common = TINY + ['--path_t', str(teacher_ckpt), '--model_s', 'resnet8', '--distill', 'kd',
+                     '--deterministic', '--skip-validation']
+    full = run_student(common + ['--epochs', '2', '--save_dir', str(tmp_path / 'a')])
+    run_student(common + ['--epochs', '1', '--save_dir', str(tmp_path / 'b')])
+    resumed = run_student(common + ['--epochs', '2', '--save_dir', str(tmp_path / 'b'), '--resume'])
+    name = 'S-resnet8_T-resnet8_synthetic_kd_r-1.0_a-1.0_b-0.0_1'
+    last_a = torch.load(tmp_path / 'a' / 'students' / name / 'ckpt_last.pth', weights_only=True)
+    last_b = torch.load(tmp_path / 'b' / 'students' / name / 'ckpt_last.pth', weights_only=True)
+    assert last_b['epoch'] == 2 and len(last_b['history']) == 2
+    for key, value in last_a['model'].items():
+        assert torch.equal(value, last_b['model'][key]), key
+    assert resumed['last_top1'] == full['last_top1']
+    history = json.loads((tmp_path / 'a' / 'students' / name / 'metrics.json').read_text())
+    assert 'train/loss_div' in history[0] and 'train/loss_cls' in history[0]
+
+
+def test_older_checkpoint_in_vanilla_folder_loads_as_teacher(teacher_ckpt, tmp_path):
+    state = torch.load(teacher_ckpt, weights_only=True)['model']
+    folder = tmp_path / 'models' / 'resnet8_vanilla'
+    folder.mkdir(parents=True)
+    torch.save({'model': state, 'epoch': 240}, folder / 'ckpt_epoch_240.pth')
+    summary = run_student(TINY + ['--path_t', str(folder / 'ckpt_epoch_240.pth'), '--model_s', 'resnet8',
+                                  '--epochs', '1', '--save_dir', str(tmp_path / 'save')])
+    assert summary['epochs'] == 1
+
+
+@pytest.mark.parametrize('folder, arch', [
+    ('resnet32x4_vanilla', 'resnet32x4'), ('wrn_40_2_vanilla', 'wrn_40_2'),
+    ('ShuffleV2_1_5_vanilla', 'ShuffleV2_1_5'), ('MobileNetV2_1_0_vanilla', 'MobileNetV2_1_0'),
+    ('resnext50_32x4d_vanilla', 'resnext50_32x4d'), ('ShuffleV2_vanilla', 'ShuffleV2'),
+    ('resnet8x4', 'resnet8x4'), ('S:resnet8x4_T:resnet32x4_cifar100_kd_r:1_a:1_b:0_1', 'resnet8x4'),
+    ('teacher_weights', None)])
+def test_architecture_parsed_from_folder(folder, arch):
+    from helper.checkpoint import arch_from_path
+    assert arch_from_path(os.path.join('save', folder, 'ckpt.pth')) == arch
+
+
+def _cli(script, args, cwd):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script)] + args, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _assert_one_line_error(result, *words):
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert 'Traceback' not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_cli_unknown_model(tmp_path):
+    result = _cli('train_teacher.py', TINY + ['--model', 'resnet9000', '--save_dir', str(tmp_path)], tmp_path)
+    _assert_one_line_error(result, 'resnet9000', 'resnet8x4')
+
+
+def test_cli_cifar_offline_names_data_folder(tmp_path):
+    result = _cli('train_teacher.py', ['--dataset', 'cifar10', '--data_folder', str(tmp_path / 'none'),
+                                       '--device', 'cpu', '--save_dir', str(tmp_path)], tmp_path)
+    _assert_one_line_error(result, '--data_folder')
+
+
+def test_bad_teacher_inputs_leave_files_intact(teacher_ckpt, tmp_path, capsys):
+    state = torch.load(teacher_ckpt, weights_only=True)['model']
+    wrong = tmp_path / 'resnet32x4_vanilla'
+    wrong.mkdir()
+    torch.save({'model': state}, wrong / 'ckpt.pth')
+    anonymous = tmp_path / 'weights'
+    anonymous.mkdir()
+    torch.save({'model': state}, anonymous / 'ckpt.pth')
+    base = TINY + ['--model_s', 'resnet8', '--epochs', '1', '--save_dir', str(tmp_path / 'save')]
+    cases = [(['--path_t', str(wrong / 'ckpt.pth')], 'do not fit'),
+             (['--path_t', str(anonymous / 'ckpt.pth')], 'architecture'),
+             (['--path_t', str(tmp_path / 'missing.pth')], 'does not exist'),
+             ([], '--path_t')]
+    for extra, words in cases:
+        assert main(run_student, base + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert torch.equal(torch.load(wrong / 'ckpt.pth', weights_only=True)['model']['fc.weight'],
+                       state['fc.weight'])
+
+
+def test_existing_run_folder_is_not_overwritten(teacher_ckpt, tmp_path, capsys):
+    args = TINY + ['--path_t', str(teacher_ckpt), '--model_s', 'resnet8', '--epochs', '1',
+                   '--save_dir', str(tmp_path), '--skip-validation']
+    assert main(run_student, args) == 0
+    run_dir = tmp_path / 'students' / 'S-resnet8_T-resnet8_synthetic_kd_r-1.0_a-1.0_b-0.0_1'
+    before = (run_dir / 'ckpt_last.pth').read_bytes()
+    capsys.readouterr()
+    assert main(run_student, args) == 2
+    assert '--resume' in capsys.readouterr().err
+    assert (run_dir / 'ckpt_last.pth').read_bytes() == before
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(teacher_ckpt, tmp_path, capsys):
+    args = TINY + ['--path_t', str(teacher_ckpt), '--model_s', 'resnet8', '--save_dir', str(tmp_path),
+                   '--skip-validation']
+    assert main(run_student, args + ['--epochs', '1']) == 0
+    run_dir = tmp_path / 'students' / 'S-resnet8_T-resnet8_synthetic_kd_r-1.0_a-1.0_b-0.0_1'
+    before = (run_dir / 'ckpt_last.pth').read_bytes()
+    capsys.readouterr()
+    assert main(run_student, args + ['--epochs', '2', '--resume', '--learning_rate', '1e30']) == 2
+    err = capsys.readouterr().err
+    assert 'learning_rate' in err and len(err.strip().splitlines()) == 1
+    assert (run_dir / 'ckpt_last.pth').read_bytes() == before
+
+
+def test_low_lr_rule_is_applied_and_printed(capsys):
+    from helper.options import parse_student_options
+    opt = parse_student_options(['--model_s', 'ShuffleV2', '--learning_rate', '0.05'])
+    assert opt.learning_rate == 0.01
+    assert '0.01' in capsys.readouterr().out
+
+
+def test_seed_parser_flags_kept():
+    from helper.options import student_parser
+    parser = student_parser()
+    flags = {s for action in parser._actions for s in action.option_strings}
+    for flag in ('--print_freq --batch_size --num_workers --epochs --gpu_id --learning_rate '
+                 '--lr_decay_epochs --lr_decay_rate --weight_decay --momentum --dataset --model_s '
+                 '--path_t --trial --kd_T --distill -c --cls -d --div -b --beta -f --factor -s --soft '
+                 '--hint_layer --feat_dim --mode --nce_k --nce_t --nce_m --dali '
+                 '--multiprocessing-distributed --dist-url --deterministic --skip-validation').split():
+        assert flag in flags, flag
+    opt = parser.parse_args([])
+    assert (opt.batch_size, opt.epochs, opt.learning_rate, opt.kd_T, opt.nce_k) == (64, 240, 0.05, 4, 16384)
+    assert models.build_model('resnet8x4', num_classes=10) is not None
