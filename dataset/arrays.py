@@ -70,7 +70,7 @@ def class_balanced_indices(targets: Sequence[int], per_class: int, num_classes: 
     Deterministic. Raises ``ValueError`` when a class has fewer than ``per_class`` samples.
     """
     if per_class is None or int(per_class) < 1:
-        raise ValueError(f"train_per_class must be a positive integer, got {per_class!r}")
+        raise ValueError(f"a per-class count must be a positive integer, got {per_class!r}")
     per_class = int(per_class)
     targets = [int(t) for t in targets]
     if num_classes is None:
@@ -83,6 +83,6 @@ def class_balanced_indices(targets: Sequence[int], per_class: int, num_classes: 
             chosen.append(i)
     short = [c for c in range(num_classes) if counts[c] < per_class]
     if short:
-        raise ValueError(f"train_per_class={per_class} but class(es) {short[:10]} have fewer samples "
-                         f"(min {min(counts)})")
+        raise ValueError(f"{per_class} images per class asked for, but class(es) {short[:10]} have fewer "
+                         f"(min {min(counts)}); lower --train_per_class / --val_per_class")
     return chosen

@@ -60,7 +60,8 @@ def _folder_bundle(name, root, augment, mean=None, std=None, style=None, val_nam
 
 
 def build_datasets(name: str, data_folder: Optional[str] = None, *, train_per_class: Optional[int] = None,
-                   download: bool = True, augment: bool = True) -> DataBundle:
+                   val_per_class: Optional[int] = None, download: bool = True,
+                   augment: bool = True) -> DataBundle:
     """Build the training and validation sets of data set ``name`` (see ``DATASET_NAMES``).
 
     * ``cifar10`` / ``cifar100``: torchvision layout under ``data_folder`` (default
@@ -80,7 +81,7 @@ def build_datasets(name: str, data_folder: Optional[str] = None, *, train_per_cl
       and ``download`` are ignored.
 
     ``train_per_class=N`` keeps the first N training samples of every class (data-set
-    order). ``augment=False`` gives the training set the evaluation transform.
+    order); ``val_per_class=N`` does the same for the validation set. ``augment=False`` gives the training set the evaluation transform.
     Missing data raises :class:`DatasetUnavailableError` (one line, names --data_folder).
     """
     key = str(name).lower()
@@ -121,4 +122,7 @@ def build_datasets(name: str, data_folder: Optional[str] = None, *, train_per_cl
     if train_per_class is not None:
         idx = class_balanced_indices(bundle.train.targets, train_per_class, bundle.num_classes)
         bundle.train = subset(bundle.train, idx)
+    if val_per_class is not None:
+        idx = class_balanced_indices(bundle.val.targets, val_per_class, bundle.num_classes)
+        bundle.val = subset(bundle.val, idx)
     return bundle

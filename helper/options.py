@@ -46,6 +46,8 @@ def _common(parser: argparse.ArgumentParser, print_freq: int) -> None:
     add('--device', type=str, default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'")
     add('--train_per_class', type=int, default=None,
         help='train on the first N images of each class (class-balanced subset)')
+    add('--val_per_class', type=int, default=None,
+        help='evaluate on the first N test images of each class (quick experiments only)')
 
 
 def teacher_parser() -> argparse.ArgumentParser:

@@ -65,8 +65,8 @@ def make_loaders(opt, train_set, val_set, device):
 def load_data(opt, augment=True):
     try:
         return build_datasets(opt.dataset, opt.data_folder, train_per_class=opt.train_per_class,
-                              augment=augment)
-    except DatasetUnavailableError as exc:
+                              val_per_class=getattr(opt, 'val_per_class', None), augment=augment)
+    except (DatasetUnavailableError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
 
 

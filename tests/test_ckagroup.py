@@ -17,7 +17,7 @@ from helper.checkpoint import freeze
 from helper.train import main, run_student
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['--dataset', 'synthetic', '--train_per_class', '12', '--batch_size', '24', '--num_workers', '0',
+TINY = ['--dataset', 'synthetic', '--train_per_class', '12', '--val_per_class', '5', '--batch_size', '24', '--num_workers', '0',
         '--device', 'cpu', '--print_freq', '5', '--learning_rate', '0.02', '--skip-validation',
         '--cka_batches', '2']
 

@@ -12,7 +12,7 @@ from helper.train import main, run_student, run_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny budget: 20 images per class, 1-2 epochs, batch 32, in-process loading.
-TINY = ['--dataset', 'synthetic', '--train_per_class', '20', '--batch_size', '32', '--num_workers', '0',
+TINY = ['--dataset', 'synthetic', '--train_per_class', '20', '--val_per_class', '10', '--batch_size', '32', '--num_workers', '0',
         '--device', 'cpu', '--print_freq', '2', '--learning_rate', '0.02']
 
 
