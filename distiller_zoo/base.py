@@ -79,6 +79,10 @@ class Distiller(nn.Module):
         feats, logits = student(images, is_feat=True, preact=self.needs_preact)
         return self.student_logits(ModelOutputs(logits=logits, feats=feats))
 
+    def deploy_state(self) -> dict:
+        """What, besides the student's weights, the deployed student needs (saved as 'deploy')."""
+        return {}
+
     def wrap_train_dataset(self, dataset):
         return dataset
 

@@ -97,6 +97,9 @@ class SimKDDistiller(Distiller):
     def student_logits(self, student_out):
         return _head(self._project(student_out.feats[self.feat_index]), self.classifier)
 
+    def deploy_state(self) -> dict:
+        return simkd_inference_state(self)
+
     def forward(self, student_out, teacher_out, batch):
         f_s = student_out.feats[self.feat_index]
         f_t = teacher_out.feats[self.feat_index]

@@ -101,8 +101,12 @@ class _Sums:
         return {k: float(v) / max(self.count, 1) for k, v in self.values.items()}
 
 
+def _print_now(message: str) -> None:
+    print(message, flush=True)  # progress must show up at once in redirected logs too
+
+
 def train_epoch(epoch: int, loader, objective, optimizer, device, print_freq: int,
-                total_epochs: int, log=print) -> dict:
+                total_epochs: int, log=_print_now) -> dict:
     """One pass over `loader`; returns mean loss terms, top-1/top-5 (%) and throughput."""
     objective.train()
     sums = _Sums()

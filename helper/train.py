@@ -110,7 +110,11 @@ class Trainer:
         state = {'model': self.model.state_dict(), 'epoch': epoch, 'best_acc': self.best_acc,
                  'optimizer': self.optimizer.state_dict(), 'history': self.history,
                  'opt': _plain(vars(self.opt)), **self.checkpoint_extra}
-        state.update({name: module.state_dict() for name, module in self.extra_state.items()})
+        for name, module in self.extra_state.items():
+            state[name] = module.state_dict()
+            deploy = getattr(module, 'deploy_state', dict)()
+            if deploy:
+                state['deploy'] = deploy
         return state
 
     def fit(self, end_epoch_hook=None) -> dict:
@@ -134,7 +138,7 @@ class Trainer:
             self.best_acc = max(self.best_acc, test['top1'])
             self.run.log_epoch(self.history, record)
             print(f'epoch {epoch}: train top1 {train["top1"]:.2f} test top1 {test["top1"]:.2f} '
-                  f'(best {self.best_acc:.2f}) lr {lr:g} {record["time"]:.1f}s')
+                  f'(best {self.best_acc:.2f}) lr {lr:g} {record["time"]:.1f}s', flush=True)
             if self.run.enabled:
                 state = self._state(epoch)
                 save_atomic(state, self.run.file(LAST_CKPT))
