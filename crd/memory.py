@@ -9,6 +9,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from helper import distributed
+
 
 class ContrastMemory(nn.Module):
     """Non-parametric memory of `n_data` x `feat_dim` embeddings per view.
@@ -20,6 +22,12 @@ class ContrastMemory(nn.Module):
     (mean(exp(.)) * n_data, as in the reference code) and kept in buffers, so they are saved.
     In training mode the rows `idx` of both memories are then replaced by
     normalise(m * memory[idx] + (1 - m) * v).
+
+    Distributed (DDP): every rank keeps the whole bank and applies every rank's update. The
+    embeddings and indices of all ranks are all-gathered (no gradient) before the momentum update
+    (a sample present twice in one global step, from DistributedSampler's padding, is updated
+    once, from its first occurrence in rank order), and Z is fixed from the first global batch;
+    so the banks stay bitwise identical on every rank, as in one process on the global batch.
     """
 
     def __init__(self, feat_dim: int, n_data: int, k: int, t: float = 0.07, momentum: float = 0.5):
@@ -60,14 +68,16 @@ class ContrastMemory(nn.Module):
         out_t = torch.exp(torch.bmm(w_s, v_t.view(b, d, 1)).squeeze(2) / self.t)
 
         if self.z_s.item() < 0:
-            self.z_s.fill_(out_s.detach().mean().item() * self.n_data)
+            self.z_s.fill_(_global_mean(out_s) * self.n_data)
         if self.z_t.item() < 0:
-            self.z_t.fill_(out_t.detach().mean().item() * self.n_data)
+            self.z_t.fill_(_global_mean(out_t) * self.n_data)
         out_s = out_s / self.z_s
         out_t = out_t / self.z_t
 
         if self.training:
             with torch.no_grad():
+                if distributed.world_size() > 1:
+                    v_s, v_t, idx = _gather_updates(v_s, v_t, idx)
                 self._update(self.memory_s, v_s, idx)
                 self._update(self.memory_t, v_t, idx)
         return out_s, out_t
@@ -75,3 +85,23 @@ class ContrastMemory(nn.Module):
     def _update(self, memory: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> None:
         pos = memory.index_select(0, idx) * self.momentum + v.detach().to(memory.dtype) * (1 - self.momentum)
         memory.index_copy_(0, idx, pos / pos.norm(dim=1, keepdim=True))
+
+
+def _global_mean(out: torch.Tensor) -> float:
+    """Mean of `out` over every rank's batch (the local mean in one process)."""
+    out = out.detach()
+    if distributed.world_size() == 1:
+        return out.mean().item()
+    totals = torch.stack([out.sum().double(), torch.tensor(float(out.numel()), dtype=torch.float64,
+                                                           device=out.device)])
+    distributed.all_reduce_sum(totals)
+    return (totals[0] / totals[1]).item()
+
+
+def _gather_updates(v_s: torch.Tensor, v_t: torch.Tensor, idx: torch.Tensor):
+    """Every rank's (v_s, v_t, idx), concatenated in rank order, each index kept once."""
+    v_s, v_t, idx = distributed.gather_rows([v_s.detach(), v_t.detach(), idx])
+    unique, inverse = torch.unique(idx, return_inverse=True)
+    positions = torch.arange(idx.shape[0], device=idx.device)
+    first = torch.full_like(unique, idx.shape[0]).scatter_reduce_(0, inverse, positions, reduce='amin')
+    return v_s[first], v_t[first], idx[first]

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import models
+
 
 def opt_get(ctx, name: str, default):
     """`ctx.opt.<name>`, or `default` when the option is absent (or opt is None)."""
@@ -15,41 +17,12 @@ def opt_get(ctx, name: str, default):
     return default if value is None else value
 
 
-def _local_feature_shapes(model: nn.Module, input_shape: Sequence[int]) -> list:
-    """Same contract as `models.feature_shapes`: one eval-mode forward under no_grad, mode restored."""
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if (param is not None and param.is_floating_point()) else torch.float32
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            feats, _ = model(torch.zeros(2, *input_shape, device=device, dtype=dtype), is_feat=True)
-    finally:
-        model.train(was_training)
-    return [tuple(f.shape) for f in feats]
-
-
 def feature_shapes(model: nn.Module, input_shape: Sequence[int]) -> List[Tuple[int, ...]]:
-    """Per-sample shapes (no batch dimension) of `model(x, is_feat=True)` features.
-
-    Uses `models.feature_shapes` (eval mode, no_grad, train/eval mode restored). Only while the
-    `models` package does not exist yet (early development, generic test models) the equivalent
-    local forward is used.
-    """
-    try:
-        import models  # noqa: WPS433 (lazy: distiller_zoo may import models)
-        fn = getattr(models, "feature_shapes", None)
-    except ModuleNotFoundError as exc:
-        if exc.name != "models":
-            raise
-        fn = None
-    shapes = [tuple(int(d) for d in s) for s in (fn or _local_feature_shapes)(model, tuple(input_shape))]
+    """Per-sample shapes (no batch dimension) of `model(x, is_feat=True)` features
+    (`models.feature_shapes`: eval mode, no_grad, train/eval mode restored)."""
+    shapes = [tuple(int(d) for d in s) for s in models.feature_shapes(model, tuple(input_shape))]
     if not shapes:
         raise ValueError("model returned no features with is_feat=True")
-    # Stage maps are (C, H, W) per sample, (N, C, H, W) with the batch dimension.
-    if len(shapes[0]) in (2, 4):
-        shapes = [s[1:] for s in shapes]
     return shapes
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from distiller_zoo.base import Batch, DistillContext, Distiller, ModelOutputs
+from helper import distributed
 from helper.cka import CKAAccumulator, cka_from_grams, normalized_grams
 from helper.cka_groups import (auto_n_groups, boundary_stability, contiguous_groups, even_split,
                                groups_to_json, proportional_split, validate_groups)
@@ -38,42 +39,47 @@ MATRICES_FILE = 'cka_matrices.json'
 
 
 class LayerOutputs:
-    """The layer outputs CKA compares: block-level taps (forward hooks) or the is_feat stages."""
+    """The layer outputs CKA compares: block-level taps (forward hooks) or the is_feat stages.
+
+    `collect(model, images)` runs one forward pass and returns the outputs, hooks attached only
+    for that pass. For training, `attach()` keeps the hooks on so that the loop's own forward pass
+    records the outputs, and `take(out)` hands them over.
+    """
 
     def __init__(self, model: nn.Module, kind: str, input_shape: Sequence[int]):
-        self.kind = kind
+        self.kind, self.model, self.tap = kind, model, None
         if kind == 'blocks':
             self.names = list(model.block_layer_names())
-            self.tap = FeatureTap(model, self.names)
         elif kind == 'stages':
             num_stages = len(feature_shapes(model, input_shape)) - 1  # the pooled vector excluded
             self.names = [f'is_feat[{i}]' for i in range(num_stages)]
-            self.tap = None
         else:
             raise ConfigError(f"--cka_layers {kind}: use 'blocks' or 'stages'")
 
     def __len__(self) -> int:
         return len(self.names)
 
+    def attach(self) -> 'LayerOutputs':
+        if self.kind == 'blocks' and self.tap is None:
+            self.tap = FeatureTap(self.model, self.names)
+        return self
+
     def take(self, out: ModelOutputs) -> List[torch.Tensor]:
         """The layer outputs of the forward pass that produced `out`; drops the tap's references."""
-        if self.tap is None:
+        if self.kind == 'stages':
             return list(out.feats[:-1])
         feats = self.tap.outputs
         self.tap.clear()
         return feats
 
     @torch.no_grad()
-    def run(self, model: nn.Module, images: torch.Tensor) -> List[torch.Tensor]:
-        if self.tap is None:
+    def collect(self, model: nn.Module, images: torch.Tensor) -> List[torch.Tensor]:
+        if self.kind == 'stages':
             feats, _ = model(images, is_feat=True)
             return list(feats[:-1])
-        model(images)
-        return self.take(None)
-
-    def remove(self) -> None:
-        if self.tap is not None:
-            self.tap.remove()
+        with FeatureTap(model, self.names) as tap:
+            model(images)
+            return tap.outputs
 
 
 def parse_n_groups(value) -> Optional[int]:
@@ -117,7 +123,7 @@ def teacher_cka(teacher: nn.Module, layers: LayerOutputs, dataset, batches: int,
         for index, (images, *_rest) in enumerate(loader):
             if index == batches:
                 break
-            accumulator.update(layers.run(teacher, images.to(device)))
+            accumulator.update(layers.collect(teacher, images.to(device)))
     finally:
         teacher.train(was_training)
     return accumulator.matrix().numpy(), [m.numpy() for m in accumulator.per_batch]
@@ -247,8 +253,8 @@ class CKAGroupDistiller(Distiller):
         super().__init__(ctx)
         opt = ctx.opt
         self.needs_feats = opt.cka_layers == 'stages'
-        self.student_layers = LayerOutputs(ctx.student, opt.cka_layers, ctx.input_shape)
-        self.teacher_layers = LayerOutputs(ctx.teacher, opt.cka_layers, ctx.input_shape)
+        self.student_layers = LayerOutputs(ctx.student, opt.cka_layers, ctx.input_shape).attach()
+        self.teacher_layers = LayerOutputs(ctx.teacher, opt.cka_layers, ctx.input_shape).attach()
         n = parse_n_groups(opt.cka_groups)
         debiased = opt.cka_estimator == 'debiased'
         if opt.cka_group_file:
@@ -264,10 +270,12 @@ class CKAGroupDistiller(Distiller):
         if not opt.cka_group_file:
             if ctx.eval_train_set is None:
                 raise ConfigError('ckagroup needs training data to group the teacher, or --cka_group_file')
-            record = compute_teacher_groups(
+            # Distributed: rank 0 groups the teacher and sends the record, so that every rank
+            # pairs the same groups (its errors are raised on every rank).
+            record = distributed.run_on_main(lambda: compute_teacher_groups(
                 ctx.teacher, self.teacher_layers, ctx.eval_train_set(), n, opt.cka_batches,
                 opt.batch_size, opt.cka_kernel, debiased, opt.seed, ctx.device,
-                max_groups=len(self.student_layers), extra_settings={'teacher': ctx.teacher_name})
+                max_groups=len(self.student_layers), extra_settings={'teacher': ctx.teacher_name}))
             n = len(record['groups'])
         self.teacher_record = record
         teacher_groups = [list(g) for g in record['groups']]
@@ -282,6 +290,8 @@ class CKAGroupDistiller(Distiller):
         self.student_groups, self.teacher_groups = student_groups, teacher_groups
         print(f'ckagroup: teacher groups {teacher_groups} ({len(self.teacher_layers)} {opt.cka_layers}), '
               f'student groups {student_groups}')
+        self.gather = bool(getattr(opt, 'cka_gather', False))  # --cka_gather: CKA on the global batch
+        self._device = ctx.device
         self._teacher_logged = False
         self._reset_epoch()
 
@@ -291,6 +301,8 @@ class CKAGroupDistiller(Distiller):
     def forward(self, student_out: ModelOutputs, teacher_out: ModelOutputs, batch: Batch) -> dict:
         student_feats = self.student_layers.take(student_out)
         teacher_feats = self.teacher_layers.take(teacher_out)
+        if self.gather:  # every rank computes the same loss on the global batch
+            student_feats, teacher_feats = gather_layer_outputs(student_feats, teacher_feats)
         result = self.loss(student_feats, teacher_feats)
         if result is None:  # too few samples for the estimator (a last short batch)
             return {}
@@ -303,8 +315,25 @@ class CKAGroupDistiller(Distiller):
         self._batches += 1
         return {'ckagroup': loss}
 
+    def _epoch_totals(self) -> tuple:
+        """(matrix sum, group sum, batches) of the epoch, added over the ranks when distributed:
+        the logged matrix is then the mean over every rank's batches."""
+        if distributed.world_size() == 1:
+            return self._matrix_sum, self._group_sum, self._batches
+        rows, cols, n = len(self.student_layers), len(self.teacher_layers), len(self.teacher_groups)
+        device = self._matrix_sum.device if self._matrix_sum is not None else self._device
+        packed = torch.zeros(rows * cols + n + 1, dtype=torch.float64, device=device)
+        if self._batches:
+            packed[:-1] = torch.cat([self._matrix_sum.reshape(-1), self._group_sum]).double()
+            packed[-1] = self._batches
+        distributed.all_reduce_sum(packed)
+        batches = int(round(packed[-1].item()))
+        return packed[:rows * cols].view(rows, cols), packed[rows * cols:-1], batches
+
     def end_epoch(self, epoch: int, run) -> dict:
-        """Per-group CKA_Gi (epoch mean of the per-batch values) and the epoch-mean matrix."""
+        """Per-group CKA_Gi (epoch mean of the per-batch values) and the epoch-mean matrix.
+
+        Distributed: the mean over the batches of every rank (every rank must call this)."""
         if not self._teacher_logged:
             teacher_matrix = np.asarray(self.teacher_record['matrix'])
             run.write_json(GROUPS_FILE, self.teacher_record)
@@ -314,11 +343,12 @@ class CKAGroupDistiller(Distiller):
                 save_heatmap_png(run.file('cka_groups.png'), teacher_matrix, self.teacher_groups,
                                  self.teacher_groups, title='teacher CKA')
             self._teacher_logged = True
-        if not self._batches:
-            return {}
-        matrix = (self._matrix_sum / self._batches).cpu().double().numpy()
-        groups = (self._group_sum / self._batches).cpu().double().tolist()
+        matrix_sum, group_sum, batches = self._epoch_totals()
         self._reset_epoch()
+        if not batches:
+            return {}
+        matrix = (matrix_sum / batches).cpu().double().numpy()
+        groups = (group_sum / batches).cpu().double().tolist()
         record = {f'cka/group_{i}': value for i, value in enumerate(groups)}
         record['cka/group_mean'] = float(np.mean(groups))
         run.log_image('cka/student_x_teacher', heatmap_image(matrix, self.student_groups,
@@ -331,6 +361,16 @@ class CKAGroupDistiller(Distiller):
                         'matrix': matrix.tolist(), 'group_cka': groups})
         run.write_json(MATRICES_FILE, history)
         return record
+
+
+def gather_layer_outputs(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]):
+    """--cka_gather: every layer output concatenated over the ranks (rank order), the student's
+    with gradient (the backward sends each rank the gradient of its own rows, summed over ranks;
+    DDP's averaging then yields the gradient of the global-batch CKA term). Communication per
+    step: the sum of all tapped layer sizes x the global batch, forward, and the student's part
+    again backward. The identity in a single process."""
+    return (distributed.gather_rows(student_feats, with_grad=True),
+            distributed.gather_rows(teacher_feats, with_grad=False))
 
 
 def _read_json(path: str) -> list:

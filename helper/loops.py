@@ -15,7 +15,7 @@ from torch import nn
 
 from distiller_zoo.base import Batch, Distiller, ModelOutputs
 from distiller_zoo.kd import kd_loss
-from helper.errors import ConfigError
+from helper import distributed
 
 
 def to_batch(data, device) -> Batch:
@@ -27,40 +27,59 @@ def to_batch(data, device) -> Batch:
 class CrossEntropyObjective:
     """Teacher training: cross-entropy only."""
 
+    find_unused_parameters = False
+
     def __init__(self, model: nn.Module):
         self.model = model
+        self.module = model  # what a distributed run wraps in DistributedDataParallel
+        self.forward = model
+
+    def distribute(self, wrap) -> None:
+        """Route the training forward pass through `wrap(self.module)` (DistributedDataParallel)."""
+        self.forward = wrap(self.module)
 
     def train(self) -> None:
         self.model.train()
 
     def __call__(self, batch: Batch):
-        logits = self.model(batch.images)
+        logits = self.forward(batch.images)
         loss = F.cross_entropy(logits, batch.targets)
         return loss, {'loss_cls': loss.detach()}, logits
 
 
-class DistillObjective:
-    """cls * CE + div * KD(T) + beta * (the distiller's terms); the teacher stays frozen."""
+def model_outputs(model: nn.Module, images: torch.Tensor, distiller: Distiller) -> ModelOutputs:
+    if distiller.needs_feats:
+        feats, logits = model(images, is_feat=True, preact=distiller.needs_preact)
+        return ModelOutputs(logits=logits, feats=feats)
+    return ModelOutputs(logits=model(images))
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, distiller: Distiller, opt):
-        self.student, self.teacher, self.distiller = student, teacher, distiller
+
+def find_unused_parameters(distiller: Distiller) -> bool:
+    """Whether some trainable parameter may get no gradient in a step (DistributedDataParallel
+    must then look for them). The student's own classifier is unused when the method replaces the
+    head (`student_logits` overridden: SimKD); a distiller may also say so itself with a
+    `find_unused_parameters` attribute. tests/test_distributed.py checks this rule for every method.
+    """
+    flag = getattr(distiller, 'find_unused_parameters', None)
+    if flag is not None:
+        return bool(flag)
+    return type(distiller).student_logits is not Distiller.student_logits
+
+
+class DistillStep(nn.Module):
+    """Student + distiller as one module: the unit one DistributedDataParallel keeps in sync.
+
+    forward(batch, teacher_out) -> (loss, terms, logits): cls * CE + div * KD(T) + beta * (the
+    distiller's terms). The teacher is not a submodule: it is never wrapped or trained.
+    """
+
+    def __init__(self, student: nn.Module, distiller: Distiller, opt):
+        super().__init__()
+        self.student, self.distiller = student, distiller
         self.cls_w, self.div_w, self.beta, self.kd_T = opt.cls, opt.div, opt.beta, opt.kd_T
 
-    def train(self) -> None:
-        self.student.train()
-        self.distiller.train()
-        self.teacher.eval()  # never in train mode: its BN statistics must not move
-
-    def _outputs(self, model, images) -> ModelOutputs:
-        if self.distiller.needs_feats:
-            feats, logits = model(images, is_feat=True, preact=self.distiller.needs_preact)
-            return ModelOutputs(logits=logits, feats=feats)
-        return ModelOutputs(logits=model(images))
-
-    def __call__(self, batch: Batch):
-        with torch.no_grad():
-            teacher_out = self._outputs(self.teacher, batch.images)
-        student_out = self._outputs(self.student, batch.images)
+    def forward(self, batch: Batch, teacher_out: ModelOutputs):
+        student_out = model_outputs(self.student, batch.images, self.distiller)
         logits = self.distiller.student_logits(student_out)
         loss_cls = F.cross_entropy(logits, batch.targets)
         loss = self.cls_w * loss_cls
@@ -76,6 +95,33 @@ class DistillObjective:
         return loss, terms, logits
 
 
+class DistillObjective:
+    """cls * CE + div * KD(T) + beta * (the distiller's terms); the teacher stays frozen."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, distiller: Distiller, opt):
+        self.student, self.teacher, self.distiller = student, teacher, distiller
+        self.module = DistillStep(student, distiller, opt)
+        self.forward = self.module
+        self.find_unused_parameters = find_unused_parameters(distiller)
+
+    def distribute(self, wrap) -> None:
+        """Route the student step through `wrap(self.module)` (DistributedDataParallel)."""
+        self.forward = wrap(self.module)
+
+    def train(self) -> None:
+        self.student.train()
+        self.distiller.train()
+        self.teacher.eval()  # never in train mode: its BN statistics must not move
+
+    def _outputs(self, model, images) -> ModelOutputs:
+        return model_outputs(model, images, self.distiller)
+
+    def __call__(self, batch: Batch):
+        with torch.no_grad():
+            teacher_out = self._outputs(self.teacher, batch.images)
+        return self.forward(batch, teacher_out)
+
+
 def accuracy(logits: torch.Tensor, targets: torch.Tensor, topk=(1, 5)) -> list:
     """Number of correct predictions for each k (as tensors, so no device sync here)."""
     maxk = min(max(topk), logits.shape[1])
@@ -85,7 +131,12 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor, topk=(1, 5)) -> list:
 
 
 class _Sums:
-    """Running sums kept on the device; read (one sync) only when printing or at epoch end."""
+    """Running sums kept on the device; read (one sync) only when printing or at epoch end.
+
+    In a distributed run `means()` sums the values and counts over every rank first (one
+    all_reduce; every rank must call it at the same point), so every rank, and the log, sees the
+    means over all processes' samples.
+    """
 
     def __init__(self):
         self.values = {}
@@ -97,8 +148,26 @@ class _Sums:
             self.values[key] = self.values[key] + value if key in self.values else value
         self.count += n
 
+    def totals(self) -> tuple:
+        """(sums, count) over every rank: plain floats and an int."""
+        if distributed.world_size() == 1:
+            return {k: float(v) for k, v in self.values.items()}, self.count
+        keys = sorted({k for ks in distributed.all_gather_object(sorted(self.values)) for k in ks})
+        device = next(iter(self.values.values())).device if self.values else distributed.device()
+        zero = torch.zeros((), device=device)
+        vector = torch.stack([self.values.get(k, zero).to(device).double() for k in keys]
+                             + [torch.tensor(float(self.count), device=device, dtype=torch.float64)])
+        distributed.all_reduce_sum(vector)
+        values = vector.tolist()
+        return dict(zip(keys, values[:-1])), int(round(values[-1]))
+
     def means(self) -> dict:
-        return {k: float(v) / max(self.count, 1) for k, v in self.values.items()}
+        """Means over every rank; `self.total_count` is then the sample count behind them."""
+        if distributed.world_size() == 1:
+            self.total_count = self.count
+            return {k: float(v) / max(self.count, 1) for k, v in self.values.items()}
+        totals, self.total_count = self.totals()
+        return {k: v / max(self.total_count, 1) for k, v in totals.items()}
 
 
 def _print_now(message: str) -> None:
@@ -123,25 +192,31 @@ def train_epoch(epoch: int, loader, objective, optimizer, device, print_freq: in
         sums.add({**terms, 'loss': loss, 'top1': top1 * 100.0 / n, 'top5': top5 * 100.0 / n}, n)
         if step % print_freq == 0 or step == n_batches:
             means = sums.means()
-            if not math.isfinite(means['loss']):
-                raise ConfigError(f'the loss became {means["loss"]} in epoch {epoch} by batch {step}; '
+            if not math.isfinite(means['loss']):  # the same on every rank: all stop together
+                raise distributed.collective_error(f'the loss became {means["loss"]} in epoch {epoch} by batch {step}; '
                                   'lower --learning_rate or the loss weights (-c/-d/-b); '
                                   'the last good checkpoint is kept')
             elapsed = time.time() - start
-            rate = sums.count / max(elapsed, 1e-9)
+            rate = sums.total_count / max(elapsed, 1e-9)
             left = elapsed / step * (n_batches - step) + elapsed / step * n_batches * (total_epochs - epoch)
-            log(f'epoch {epoch} [{step}/{n_batches}] loss {means["loss"]:.4f} '
-                f'top1 {means["top1"]:.2f} {rate:.0f} img/s, about {left / 60:.1f} min left')
+            if distributed.is_main():
+                log(f'epoch {epoch} [{step}/{n_batches}] loss {means["loss"]:.4f} '
+                    f'top1 {means["top1"]:.2f} {rate:.0f} img/s, about {left / 60:.1f} min left')
     means = sums.means()
     elapsed = time.time() - start
-    means['images_per_s'] = sums.count / max(elapsed, 1e-9)
+    means['images_per_s'] = sums.total_count / max(elapsed, 1e-9)
     means['time'] = elapsed
     return means
 
 
 @torch.no_grad()
 def validate(predict, loader, device) -> dict:
-    """Top-1 / top-5 (%) and cross-entropy of `predict(images) -> logits` over `loader`."""
+    """Top-1 / top-5 (%) and cross-entropy of `predict(images) -> logits` over `loader`.
+
+    Distributed: each rank evaluates its shard (helper.distributed.ShardSampler: every sample on
+    exactly one rank) and the sums and counts are added over ranks, so the result is that of one
+    process evaluating the whole set.
+    """
     sums = _Sums()
     for data in loader:
         batch = to_batch(data, device)

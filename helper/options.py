@@ -9,6 +9,7 @@ import argparse
 import os
 
 from dataset import DATASET_NAMES
+from helper.errors import ConfigError
 
 DISTILL_METHODS = ('kd', 'hint', 'attention', 'similarity', 'vid', 'crd', 'semckd', 'srrl',
                    'simkd', 'ckagroup')
@@ -19,8 +20,10 @@ LOW_LR_MODELS = ('MobileNetV2', 'MobileNetV2_1_0', 'ShuffleV1', 'ShuffleV2', 'Sh
 def _common(parser: argparse.ArgumentParser, print_freq: int) -> None:
     add = parser.add_argument
     add('--print_freq', type=int, default=print_freq, help='print frequency (batches)')
-    add('--batch_size', type=int, default=64, help='batch size (per process when distributed)')
-    add('--num_workers', type=int, default=8, help='data loading workers (0: main process)')
+    add('--batch_size', type=int, default=64,
+        help='batch size per process: a distributed run of N processes steps on N x this')
+    add('--num_workers', type=int, default=8,
+        help='data loading workers per process (0: in the training process)')
     add('--epochs', type=int, default=240, help='number of training epochs')
     add('--gpu_id', type=str, default=None,
         help='ids for CUDA_VISIBLE_DEVICES, e.g. "0,1" (default: leave the environment alone)')
@@ -34,8 +37,11 @@ def _common(parser: argparse.ArgumentParser, print_freq: int) -> None:
     add('--dali', type=str, choices=['cpu', 'gpu'], default=None,
         help='NVIDIA DALI loading of the older repos: not supported here (use the default loader)')
     add('--multiprocessing-distributed', action='store_true',
-        help='one process per visible GPU (torch.distributed)')
-    add('--dist-url', default='tcp://127.0.0.1:23451', type=str, help='url for distributed init')
+        help='spawn --nproc training processes here (torch.distributed: NCCL on GPUs, gloo on CPU); '
+             'for several nodes launch with torchrun instead (docs/DISTRIBUTED.md)')
+    add('--dist-url', default='tcp://127.0.0.1:23451', type=str,
+        help='where the --multiprocessing-distributed processes meet: tcp://HOST:PORT (a free port), '
+             'or file:///PATH (a new file)')
     add('--deterministic', action='store_true', help='deterministic algorithms and data order')
     # Options the older repos did not have.
     add('--data_folder', type=str, default='./data', help='where data sets are read (and downloaded)')
@@ -48,6 +54,12 @@ def _common(parser: argparse.ArgumentParser, print_freq: int) -> None:
         help='train on the first N images of each class (class-balanced subset)')
     add('--val_per_class', type=int, default=None,
         help='evaluate on the first N test images of each class (quick experiments only)')
+    add('--nproc', type=int, default=None,
+        help='processes of --multiprocessing-distributed (default: one per visible GPU; '
+             'with --device cpu or no GPU: N CPU processes)')
+    add('--dist_timeout', type=float, default=1800,
+        help='seconds a distributed process waits for the others (start-up, collectives) before '
+             'it gives up with an error')
 
 
 def teacher_parser() -> argparse.ArgumentParser:
@@ -85,9 +97,16 @@ def student_parser() -> argparse.ArgumentParser:
     add('--cka_estimator', type=str, default='debiased', choices=['biased', 'debiased'])
     add('--cka_kernel', type=str, default='linear', choices=['linear', 'rbf'])
     add('--cka_student_split', type=str, default='even', choices=['even', 'proportional'])
+    add('--cka_teacher_split', type=str, default='cka', choices=['cka', 'even'],
+        help="teacher groups from its CKA matrix, or 'even' (ablation: uniform groups)")
+    add('--cka_pairing', type=str, default='forward', choices=['forward', 'reversed'],
+        help="student group i with teacher group i, or 'reversed' (ablation: with group n-1-i)")
     add('--cka_reduce', type=str, default='mean', choices=['mean', 'min', 'max'])
     add('--cka_agg', type=str, default='mean', choices=['mean', 'sum', 'weighted'])
     add('--cka_weights', type=str, default=None, help="comma list of n group weights for --cka_agg weighted")
+    add('--cka_gather', action='store_true',
+        help='distributed runs: compute the CKA term on the global batch (every tapped layer output '
+             'is all-gathered, with gradient) instead of on each process\'s own batch')
     return parser
 
 
@@ -95,6 +114,10 @@ def _finish(opt: argparse.Namespace) -> argparse.Namespace:
     opt.lr_decay_epochs = [int(e) for e in str(opt.lr_decay_epochs).split(',') if e.strip()]
     if opt.gpu_id is not None:
         os.environ['CUDA_VISIBLE_DEVICES'] = opt.gpu_id
+    if opt.nproc is not None and opt.nproc < 1:
+        raise ConfigError(f'--nproc {opt.nproc}: give at least 1 process')
+    if not opt.dist_timeout > 0:
+        raise ConfigError(f'--dist_timeout {opt.dist_timeout}: give a positive number of seconds')
     return opt
 
 

@@ -19,18 +19,23 @@ def _write_json_atomic(obj, path: str) -> None:
 
 
 class RunFolder:
-    """The run's folder. Refuses to overwrite a finished or interrupted run unless resuming."""
+    """The run's folder. Refuses to overwrite a finished or interrupted run unless resuming.
+
+    In a distributed run only rank 0's folder is `enabled`: the others write nothing (no files,
+    no TensorBoard events) but keep the history, and refuse a used folder alike, so that every
+    rank stops together.
+    """
 
     def __init__(self, path: str, options: dict, resume: bool, enabled: bool = True):
         self.path = path
         self.enabled = enabled  # False on every rank but 0 of a distributed run
         self._writer = None
-        if not enabled:
-            return
         last = os.path.join(path, LAST_CKPT)
         if not resume and os.path.exists(last):
             raise ConfigError(f'run folder {path!r} already holds a checkpoint; pass --resume to '
                               'continue it, or change --trial / --save_dir for a new run')
+        if not enabled:
+            return
         os.makedirs(path, exist_ok=True)
         _write_json_atomic(options, os.path.join(path, OPTIONS_FILE))
 
@@ -45,10 +50,11 @@ class RunFolder:
         return self._writer
 
     def log_epoch(self, history: list, record: dict) -> None:
-        """Append one epoch's record to the JSON history and write its scalars to TensorBoard."""
+        """Append one epoch's record to the history (every rank); rank 0 writes it as JSON and
+        its scalars to TensorBoard."""
+        history.append(record)
         if not self.enabled:
             return
-        history.append(record)
         _write_json_atomic(history, self.file(METRICS_FILE))
         epoch = record['epoch']
         for key, value in record.items():

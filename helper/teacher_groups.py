@@ -61,7 +61,7 @@ def run(argv=None) -> dict:
                      record['groups'], record['groups'], title=f'{arch} {opt.estimator} CKA',
                      colorbar=True)
     stability = record['stability']
-    print(f'{arch}: {len(layers)} {opt.layers}-level layers, groups {record["groups"]}')
+    print(f'{arch}: {len(layers)} {opt.layers.rstrip("s")}-level layers, groups {record["groups"]}')
     print(f'boundaries {stability["boundaries"]} recur in {stability["agreement"]} of '
           f'{stability["num_batches"]} single batches (exact match {stability["exact_match"]:.2f})')
     print(f'wrote {os.path.join(opt.out, GROUPS_FILE)} and cka_groups.png')

@@ -8,10 +8,12 @@ import time
 
 import numpy as np
 import torch
+from torch.utils.data.distributed import DistributedSampler
 
 import models
 from dataset import DatasetUnavailableError, build_datasets
 from distiller_zoo import DistillContext, build_distiller
+from helper import distributed
 from helper import options as options_mod
 from helper.checkpoint import freeze, load_checkpoint, load_teacher, save_atomic
 from helper.errors import ConfigError
@@ -28,9 +30,18 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def seed_epoch(seed: int, epoch: int) -> None:
-    """Reseed every generator at each epoch start, so a resumed run replays the same epochs."""
-    value = seed * 1_000_003 + epoch
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch of one rank (rank 0: that of a single-process run)."""
+    return seed * 1_000_003 + epoch + rank * 1_000_000_007
+
+
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Reseed every generator at each epoch start, so a resumed run replays the same epochs.
+
+    Each rank of a distributed run draws its own augmentations (its own seed); the data order is
+    the DistributedSampler's, seeded by --seed and the epoch alike on every rank.
+    """
+    value = epoch_seed(seed, epoch, rank)
     random.seed(value)
     np.random.seed(value % 2**32)
     torch.manual_seed(value)
@@ -52,10 +63,23 @@ def lr_at(opt, epoch: int) -> float:
 
 
 def make_loaders(opt, train_set, val_set, device):
+    """Loaders of `--batch_size` images with `--num_workers` workers, both per process.
+
+    Distributed: the training set is split by a DistributedSampler (shuffled by --seed and the
+    epoch; padded by repeating a few samples so that every rank gets as many), the evaluation set
+    by a ShardSampler (no padding: each sample is evaluated once, the sums are added over ranks).
+    """
     generator = torch.Generator()
     pin = device.type == 'cuda'
     common = dict(num_workers=opt.num_workers, pin_memory=pin,
                   persistent_workers=False)
+    if distributed.world_size() > 1:
+        sampler = DistributedSampler(train_set, shuffle=True, seed=opt.seed)
+        train_loader = torch.utils.data.DataLoader(train_set, batch_size=opt.batch_size, sampler=sampler,
+                                                   generator=generator, **common)
+        val_loader = torch.utils.data.DataLoader(val_set, batch_size=opt.batch_size,
+                                                 sampler=distributed.ShardSampler(len(val_set)), **common)
+        return train_loader, val_loader, generator
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=opt.batch_size, shuffle=True,
                                                generator=generator, **common)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=opt.batch_size, shuffle=False, **common)
@@ -81,7 +105,8 @@ class Trainer:
     """The epoch loop shared by teachers and students: train, validate, log, checkpoint, resume."""
 
     def __init__(self, opt, run: RunFolder, model, objective, predict, trainable, device,
-                 train_loader, val_loader, generator, checkpoint_extra, extra_state=None):
+                 train_loader, val_loader, generator, checkpoint_extra, extra_state=None,
+                 consistency=None):
         self.opt, self.run, self.model, self.objective = opt, run, model, objective
         self.predict, self.device = predict, device
         self.train_loader, self.val_loader, self.generator = train_loader, val_loader, generator
@@ -91,6 +116,8 @@ class Trainer:
         self.optimizer = torch.optim.SGD(trainable, lr=opt.learning_rate, momentum=opt.momentum,
                                          weight_decay=opt.weight_decay)
         self.history, self.best_acc, self.start_epoch = [], 0.0, 1
+        self.consistency = consistency or {}  # what every rank must agree on (distributed)
+        self._wrapped = False
 
     def resume(self, path: str) -> None:
         ckpt = load_checkpoint(path)
@@ -117,16 +144,38 @@ class Trainer:
                 state['deploy'] = deploy
         return state
 
+    def _distribute(self) -> None:
+        """Distributed run: check that the ranks agree, then wrap the trainable step in DDP.
+
+        Called after any resume, so the check covers the resumed state too. DDP broadcasts rank
+        0's parameters and buffers once; afterwards gradients are averaged every step, and the
+        buffers (BN statistics) are broadcast from rank 0 after every epoch (`broadcast_buffers`
+        at every forward would also send CRD's memory bank each step).
+        """
+        if distributed.world_size() == 1 or self._wrapped:
+            return
+        distributed.check_consistent({**self.consistency, 'the resumed epoch': self.start_epoch - 1,
+                                      'the resumed history': len(self.history)})
+        find_unused = self.objective.find_unused_parameters
+        self.objective.distribute(lambda module: distributed.wrap_ddp(module, find_unused))
+        self._wrapped = True
+
     def fit(self, end_epoch_hook=None) -> dict:
         opt = self.opt
+        self._distribute()
+        rank = distributed.rank()
+        sampler = getattr(self.train_loader, 'sampler', None)
         for epoch in range(self.start_epoch, opt.epochs + 1):
             lr = lr_at(opt, epoch)
             for group in self.optimizer.param_groups:
                 group['lr'] = lr
-            seed_epoch(opt.seed, epoch)
-            self.generator.manual_seed(opt.seed * 1_000_003 + epoch)
+            seed_epoch(opt.seed, epoch, rank)
+            self.generator.manual_seed(epoch_seed(opt.seed, epoch, rank))
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
             train = train_epoch(epoch, self.train_loader, self.objective, self.optimizer, self.device,
                                 opt.print_freq, opt.epochs)
+            distributed.broadcast_buffers(self.objective.module)
             extra = end_epoch_hook(epoch) if end_epoch_hook else {}
             for module in self.eval_modules:
                 module.eval()
@@ -137,8 +186,9 @@ class Trainer:
             is_best = test['top1'] > self.best_acc
             self.best_acc = max(self.best_acc, test['top1'])
             self.run.log_epoch(self.history, record)
-            print(f'epoch {epoch}: train top1 {train["top1"]:.2f} test top1 {test["top1"]:.2f} '
-                  f'(best {self.best_acc:.2f}) lr {lr:g} {record["time"]:.1f}s', flush=True)
+            if distributed.is_main():
+                print(f'epoch {epoch}: train top1 {train["top1"]:.2f} test top1 {test["top1"]:.2f} '
+                      f'(best {self.best_acc:.2f}) lr {lr:g} {record["time"]:.1f}s', flush=True)
             if self.run.enabled:
                 state = self._state(epoch)
                 save_atomic(state, self.run.file(LAST_CKPT))
@@ -148,6 +198,14 @@ class Trainer:
                    'last_top1': self.history[-1]['test/top1'] if self.history else None,
                    'last_top5': self.history[-1]['test/top5'] if self.history else None,
                    'epochs': len(self.history)}
+        if distributed.world_size() > 1:
+            summary['world_size'] = distributed.world_size()
+            summary['ranks_in_sync'] = distributed.states_identical(
+                self.model.state_dict(), *[m.state_dict() for m in self.extra_state.values()],
+                self.optimizer.state_dict())
+            if not summary['ranks_in_sync'] and distributed.is_main():
+                print('warning: the ranks ended with different weights or optimiser states',
+                      file=sys.stderr)
         self.run.write_json('summary.json', summary)
         print(f'finished: last-epoch test top1 {summary["last_top1"]:.2f}, '
               f'best {summary["best_top1"]:.2f} (choosing by test accuracy is optimistic)')
@@ -173,27 +231,59 @@ def _prepare(opt):
     configure_determinism(opt.deterministic)
     if opt.dali is not None:
         raise ConfigError('--dali is not supported; drop it (the default loader is used)')
-    if opt.multiprocessing_distributed:
-        raise ConfigError('--multiprocessing-distributed is not built yet; run on one device')
-    device = select_device(opt.device)
+    device = distributed.device() if distributed.is_distributed() else select_device(opt.device)
+    if distributed.world_size() > 1:  # before any other collective: a mismatch could hang them
+        distributed.check_consistent(_option_values(opt))
     torch.manual_seed(opt.seed)
     return device
 
 
+# Options that may differ between the ranks of one run (paths and resources of each node).
+LOCAL_OPTIONS = ('data_folder', 'save_dir', 'resume', 'gpu_id', 'device', 'num_workers', 'print_freq',
+                 'multiprocessing_distributed', 'nproc', 'dist_url', 'dist_timeout', 'path_t')
+
+
+def _option_values(opt) -> dict:
+    return {f'--{k}': v for k, v in _plain(vars(opt)).items() if k not in LOCAL_OPTIONS}
+
+
+def _consistency(opt, data, teacher=None, distiller=None) -> dict:
+    """What every rank of a distributed run must agree on (checked before training)."""
+    if distributed.world_size() == 1:
+        return {}
+    values = _option_values(opt)
+    values.update({'the training images': len(data.train), 'the test images': len(data.val)})
+    if teacher is not None:
+        values['the teacher weights'] = distributed.state_digest(teacher.state_dict())
+    if getattr(distiller, 'teacher_groups', None) is not None:
+        values['the teacher groups'] = distiller.teacher_groups
+    return values
+
+
 def run_teacher(argv=None) -> dict:
-    opt = options_mod.parse_teacher_options(argv)
+    """train_teacher.py: in this process, or on every rank of a distributed run."""
+    return distributed.launch(_teacher, options_mod.parse_teacher_options(argv))
+
+
+def run_student(argv=None) -> dict:
+    """train_student.py: in this process, or on every rank of a distributed run."""
+    return distributed.launch(_student, options_mod.parse_student_options(argv))
+
+
+def _teacher(opt) -> dict:
     device = _prepare(opt)
-    data = load_data(opt)
+    data = distributed.local_main_first(lambda: load_data(opt))
     model = build_student(opt.model, data.num_classes, opt.dataset)
     arch = models.resolve_model_name(opt.model, opt.dataset)
     run = RunFolder(os.path.join(opt.save_dir, 'teachers', options_mod.teacher_run_name(opt)),
-                    _plain(vars(opt)), resume=opt.resume is not None)
+                    _plain(vars(opt)), resume=opt.resume is not None, enabled=distributed.is_main())
     model.to(device)
     loaders = make_loaders(opt, data.train, data.val, device)
     trainer = Trainer(opt, run, model, CrossEntropyObjective(model), model, model.parameters(),
                       device, *loaders,
                       checkpoint_extra={'arch': arch, 'dataset': opt.dataset,
-                                        'num_classes': data.num_classes})
+                                        'num_classes': data.num_classes},
+                      consistency=_consistency(opt, data))
     resume = _resume_path(opt, run)
     if resume:
         trainer.resume(resume)
@@ -204,18 +294,17 @@ def run_teacher(argv=None) -> dict:
         run.close()
 
 
-def run_student(argv=None) -> dict:
-    opt = options_mod.parse_student_options(argv)
+def _student(opt) -> dict:
     device = _prepare(opt)
     if opt.path_t is None:
         raise ConfigError('--path_t is required: the teacher checkpoint to distil from')
-    data = load_data(opt)
+    data = distributed.local_main_first(lambda: load_data(opt))
     teacher, teacher_arch = load_teacher(opt.path_t, data.num_classes, opt.dataset, device)
     opt.model_t = teacher_arch
     student = build_student(opt.model_s, data.num_classes, opt.dataset).to(device)
     student_arch = models.resolve_model_name(opt.model_s, opt.dataset)
     run = RunFolder(os.path.join(opt.save_dir, 'students', options_mod.student_run_name(opt, teacher_arch)),
-                    _plain(vars(opt)), resume=opt.resume is not None)
+                    _plain(vars(opt)), resume=opt.resume is not None, enabled=distributed.is_main())
     ctx = DistillContext(student=student, teacher=teacher, student_name=student_arch,
                          teacher_name=teacher_arch, num_classes=data.num_classes,
                          input_shape=tuple(data.train[0][0].shape), num_train_samples=len(data.train),
@@ -232,7 +321,8 @@ def run_student(argv=None) -> dict:
                       checkpoint_extra={'arch': student_arch, 'dataset': opt.dataset,
                                         'num_classes': data.num_classes, 'teacher_arch': teacher_arch,
                                         'distill': opt.distill},
-                      extra_state={'distiller': distiller})
+                      extra_state={'distiller': distiller},
+                      consistency=_consistency(opt, data, teacher, distiller))
     resume = _resume_path(opt, run)
     if resume:
         trainer.resume(resume)
@@ -248,10 +338,15 @@ def run_student(argv=None) -> dict:
 
 
 def main(run, argv=None) -> int:
-    """Entry-script wrapper: user errors become one line on stderr and exit status 2."""
+    """Entry-script wrapper: user errors become one line on stderr and exit status 2; a rank of a
+    distributed run that died or crashed, one line and exit status 1."""
     try:
         run(argv)
     except ConfigError as exc:
-        print(f'error: {exc}', file=sys.stderr)
+        if not getattr(exc, 'quiet', False):  # torchrun: rank 0 says what every rank found
+            print(f'error: {exc}', file=sys.stderr)
         return 2
+    except distributed.DistributedFailure as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
     return 0

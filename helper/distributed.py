@@ -1,0 +1,506 @@
+"""Multi-process training on torch.distributed: start-up, rank helpers, reductions and gathers.
+
+Two ways to start N processes, one code path once they run (see docs/DISTRIBUTED.md):
+
+* `--multiprocessing-distributed`: this process spawns `--nproc` workers (default: one per visible
+  GPU) that meet at `--dist-url`;
+* `torchrun ... train_student.py ...`: the RANK / WORLD_SIZE / LOCAL_RANK variables are set and
+  every worker joins with env:// (several nodes possible).
+
+NCCL on GPUs, gloo on CPU, so the tests run the same code on CPU. Every helper here is a no-op (or
+the identity) in a single process, so callers need no `if distributed` branches.
+
+Imports nothing from the project but `helper.errors`, so `crd/` and `distiller_zoo/` may use it.
+"""
+from __future__ import annotations
+
+import datetime
+import errno
+import hashlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import socket
+import sys
+import time
+import traceback
+from typing import Callable, List, Optional, Sequence
+from urllib.parse import urlparse
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from helper.errors import ConfigError
+
+TORCHRUN_VARIABLES = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')
+DEFAULT_TIMEOUT_S = 1800
+
+_state = {'device': None, 'local_rank': 0}
+
+
+class DistributedFailure(RuntimeError):
+    """A rank ended abnormally (killed, crashed); the message is one line."""
+
+
+# --------------------------------------------------------------------------- rank helpers
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def local_rank() -> int:
+    return _state['local_rank'] if is_distributed() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def device() -> Optional[torch.device]:
+    """The device of this rank (None outside a distributed run)."""
+    return _state['device'] if is_distributed() else None
+
+
+def launched_by_torchrun() -> bool:
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+# --------------------------------------------------------------------------- start-up
+def _rank_device(requested: str, local: int) -> torch.device:
+    """cuda:<local rank> when --device asks for CUDA (or 'auto' finds it), else the CPU."""
+    wants_cuda = requested.startswith('cuda') or (requested == 'auto' and torch.cuda.is_available())
+    if not wants_cuda:
+        return torch.device('cpu')
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise ConfigError(f'--device {requested} asked for CUDA but none is available; use --device cpu')
+    if local >= count:
+        raise ConfigError(f'local rank {local} has no GPU of its own ({count} visible); start at most '
+                          f'{count} processes per node (--nproc / --nproc_per_node)')
+    dev = torch.device('cuda', local)
+    torch.cuda.set_device(dev)
+    return dev
+
+
+def _init_error(exc: Exception, where: str, timeout_s: float) -> ConfigError:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    lower = text.lower()
+    if 'address already in use' in lower or 'eaddrinuse' in lower or 'errno 98' in lower:
+        return ConfigError(f'{where}: the port is in use (another run?); pick a free port')
+    if 'timed out' in lower or 'timeout' in lower:
+        return ConfigError(f'distributed start-up timed out after {timeout_s:g} s at {where}: not every '
+                           'rank joined (check the address, the process count, or raise --dist_timeout)')
+    return ConfigError(f'distributed start-up failed at {where}: {first}')
+
+
+def init_process(requested_device: str, rank_: int, world: int, local: int, init_method: str,
+                 where: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> torch.device:
+    """Join the process group; returns this rank's device. Failures become one-line ConfigErrors."""
+    dev = _rank_device(requested_device, local)
+    backend = 'nccl' if dev.type == 'cuda' else 'gloo'
+    kwargs = dict(backend=backend, init_method=init_method,
+                  timeout=datetime.timedelta(seconds=timeout_s))
+    if init_method != 'env://':
+        kwargs.update(rank=rank_, world_size=world)
+    try:
+        dist.init_process_group(**kwargs)
+    except Exception as exc:  # DistNetworkError, DistStoreError, RuntimeError, ValueError
+        raise _init_error(exc, where, timeout_s) from None
+    _state.update(device=dev, local_rank=local)
+    if rank_ != 0:  # progress, notes and summaries come from rank 0 only
+        sys.stdout = open(os.devnull, 'w')
+    return dev
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+    _state.update(device=None, local_rank=0)
+
+
+def check_url_free(url: str) -> None:
+    """Fail before spawning when the --dist-url port on this machine is taken (or its file,
+    for file://, is left from an earlier run: the file store would reuse it)."""
+    parsed = urlparse(url)
+    if parsed.scheme == 'file':
+        if os.path.exists(parsed.path):
+            raise ConfigError(f'--dist-url {url}: the file exists (left by an earlier run?); delete '
+                              'it or name a new file')
+        return
+    if parsed.scheme != 'tcp':
+        return
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host = port = None
+    if not host or port is None:
+        raise ConfigError(f'--dist-url {url}: give tcp://HOST:PORT')
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except OSError:
+        return  # unresolvable here: init reports it
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f'--dist-url {url}: port {port} is in use (another run?); pick a free '
+                                  f'port, e.g. --dist-url tcp://{host}:{free_port(host)}') from None
+            # EADDRNOTAVAIL: not an address of this machine (another node hosts rank 0)
+
+
+def free_port(host: str = '127.0.0.1') -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- launching
+def launch(entry: Callable, opt):
+    """Run `entry(opt)` as the options and the environment ask; returns rank 0's result.
+
+    torchrun variables set: this process is one rank (env://). `--multiprocessing-distributed`:
+    spawn `--nproc` ranks here and wait for them. Otherwise: call `entry(opt)` in this process.
+    """
+    timeout_s = getattr(opt, 'dist_timeout', DEFAULT_TIMEOUT_S)
+    if launched_by_torchrun():
+        rank_ = int(os.environ['RANK'])
+        if getattr(opt, 'multiprocessing_distributed', False) and rank_ == 0:
+            print('note: started by torchrun; --multiprocessing-distributed ignored')
+        where = (f"torchrun's rendezvous (MASTER_ADDR {os.environ.get('MASTER_ADDR')}, "
+                 f"MASTER_PORT {os.environ.get('MASTER_PORT')})")
+        init_process(opt.device, rank_, int(os.environ['WORLD_SIZE']), int(os.environ['LOCAL_RANK']),
+                     'env://', where, timeout_s)
+        try:
+            return entry(opt)
+        except ConfigError as exc:
+            if rank_ != 0:  # an error every rank found is printed by rank 0 only
+                if getattr(exc, 'all_ranks', False):
+                    exc.quiet = True
+                else:
+                    exc.args = (f'rank {rank_}: {exc}',)
+            raise
+        finally:
+            cleanup()
+    if not getattr(opt, 'multiprocessing_distributed', False):
+        return entry(opt)
+    nproc = opt.nproc if getattr(opt, 'nproc', None) is not None else torch.cuda.device_count()
+    if nproc < 1:
+        raise ConfigError('--multiprocessing-distributed found no GPU; pass --nproc N to train with '
+                          'N CPU processes (gloo)')
+    check_url_free(opt.dist_url)
+    results = spawn(_spawned_entry, nproc, (entry, opt, nproc))
+    return results.get(0)
+
+
+def _spawned_entry(index: int, entry: Callable, opt, nproc: int):
+    dev = init_process(opt.device, index, nproc, index, opt.dist_url, f'--dist-url {opt.dist_url}',
+                       getattr(opt, 'dist_timeout', DEFAULT_TIMEOUT_S))
+    if dev.type == 'cpu' and 'OMP_NUM_THREADS' not in os.environ:
+        # N CPU ranks share the cores (torchrun sets OMP_NUM_THREADS=1 for the same reason).
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+    try:
+        return entry(opt)
+    finally:
+        cleanup()
+
+
+def _child(index: int, fn: Callable, args: tuple, queue) -> None:
+    """Body of a spawned process: report the result or the error to the parent, never print it."""
+    try:
+        result = fn(index, *args)
+    except ConfigError as exc:
+        queue.put(('error', index, str(exc)))
+        sys.stdout.flush()
+        os._exit(2)
+    except DistributedFailure as exc:
+        queue.put(('failure', index, str(exc)))
+        sys.stdout.flush()
+        os._exit(1)
+    except BaseException as exc:  # a bug, or a collective broken by another rank's death
+        queue.put(('crash', index, ''.join(traceback.format_exception(exc))))
+        sys.stdout.flush()
+        os._exit(1)
+    queue.put(('result', index, result))
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def spawn(fn: Callable, nprocs: int, args: tuple = (), poll_s: float = 0.1) -> dict:
+    """Run `fn(index, *args)` in `nprocs` spawned processes; returns {index: result}.
+
+    The first process to fail ends all others (SIGTERM, then SIGKILL) and the failure is raised
+    here as one line: its ConfigError as a ConfigError, a crash (its traceback is printed first) or
+    a death by signal / exit status as a DistributedFailure. Never waits on a dead rank.
+    """
+    ctx = multiprocessing.get_context('spawn')
+    queue = ctx.SimpleQueue()
+    processes = [ctx.Process(target=_child, args=(i, fn, args, queue), daemon=False)
+                 for i in range(nprocs)]
+    for process in processes:
+        process.start()
+    reports, failed = {}, None
+
+    def drain():
+        while not queue.empty():
+            kind, index, payload = queue.get()
+            reports.setdefault(index, (kind, payload))
+
+    try:
+        while failed is None and any(p.exitcode is None for p in processes):
+            multiprocessing.connection.wait([p.sentinel for p in processes if p.exitcode is None], poll_s)
+            drain()
+            failed = [i for i, p in enumerate(processes) if p.exitcode not in (None, 0)] or None
+    finally:
+        survivors = [p for p in processes if p.exitcode is None]
+        for process in survivors:
+            process.terminate()
+        deadline = time.time() + 10
+        for process in survivors:
+            process.join(max(0.1, deadline - time.time()))
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+        drain()
+    if failed is None:
+        missing = [i for i in range(nprocs) if reports.get(i, ('',))[0] != 'result']
+        if missing:
+            raise DistributedFailure(f'rank {missing[0]} ended without a result')
+        return {i: payload for i, (kind, payload) in reports.items()}
+    raise _failure(failed, processes, reports, nprocs)
+
+
+def _failure(failed: List[int], processes, reports: dict, nprocs: int) -> Exception:
+    """The root cause among the first failed processes: a user error, a death, then a crash."""
+    errors = {i: reports[i][1] for i in failed if reports.get(i, ('',))[0] in ('error', 'failure')}
+    errors.update({i: p for i, (k, p) in reports.items() if k in ('error', 'failure') and i not in errors})
+    if errors:
+        index = min(errors)
+        message = errors[index]
+        kind = reports[index][0]
+        if index != 0 and len(set(errors.values())) > 1:
+            message = f'rank {index}: {message}'
+        return ConfigError(message) if kind == 'error' else DistributedFailure(message)
+    deaths = [i for i in failed if i not in reports]
+    if deaths:
+        index = deaths[0]
+        code = processes[index].exitcode
+        how = f'signal {-code}' if code < 0 else f'exit status {code}'
+        return DistributedFailure(f'rank {index} of {nprocs} died ({how}); every other rank was stopped')
+    index = failed[0]
+    text = reports[index][1]
+    print(text, file=sys.stderr, end='' if text.endswith('\n') else '\n')
+    last = text.strip().splitlines()[-1] if text.strip() else 'unknown error'
+    return DistributedFailure(f'rank {index} of {nprocs} failed ({last}); every other rank was stopped')
+
+
+# --------------------------------------------------------------------------- collectives
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (identity in one process)."""
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_object(obj) -> list:
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """`obj` of rank `src` on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def run_on_main(fn: Callable):
+    """`fn()` computed on rank 0 only and sent to every rank (any picklable result).
+
+    A ConfigError on rank 0 is raised on every rank with the same message, so no rank waits for
+    a result that never comes.
+    """
+    if world_size() == 1:
+        return fn()
+    payload = None
+    if is_main():
+        try:
+            payload = ('ok', fn())
+        except ConfigError as exc:
+            payload = ('error', str(exc))
+        except Exception as exc:
+            broadcast_object(('crash', f'{type(exc).__name__}: {exc}'))
+            raise
+    kind, value = broadcast_object(payload)
+    if kind == 'error':
+        raise collective_error(value)
+    if kind == 'crash':
+        raise DistributedFailure(f'rank 0 failed ({value})')
+    return value
+
+
+def local_main_first(fn: Callable):
+    """`fn()` on every rank, local rank 0 of each node first (downloads, caches); a ConfigError
+    on any of them is raised on every rank."""
+    if world_size() == 1:
+        return fn()
+    result, error = None, None
+    if local_rank() == 0:
+        try:
+            result = fn()
+        except ConfigError as exc:
+            error = str(exc)
+    errors = [e for e in all_gather_object(error) if e is not None]
+    if errors:
+        raise collective_error(errors[0])
+    return result if local_rank() == 0 else fn()
+
+
+def collective_error(message: str) -> ConfigError:
+    """A ConfigError that every rank raises alike: only rank 0 needs to print it."""
+    exc = ConfigError(message)
+    exc.all_ranks = True
+    return exc
+
+
+def check_consistent(values: dict) -> None:
+    """Every rank must pass equal `values`; else a ConfigError naming the first difference.
+
+    Guards against ranks started with different options, data or teacher files, whose
+    collectives would otherwise mismatch (a hang) or silently train different things.
+    """
+    gathered = all_gather_object(values)
+    keys = sorted({k for g in gathered for k in g}, key=str)
+    for key in keys:
+        mine = gathered[0].get(key, '<missing>')
+        for other_rank, other in enumerate(gathered[1:], 1):
+            theirs = other.get(key, '<missing>')
+            if theirs != mine:
+                raise collective_error(
+                    f'ranks disagree on {key}: rank 0 has {_short(mine)}, rank {other_rank} has '
+                    f'{_short(theirs)}; start every rank with the same options, data and teacher')
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def gather_rows(tensors: Sequence[torch.Tensor], with_grad: bool = False) -> List[torch.Tensor]:
+    """Each tensor concatenated over ranks along dim 0, in rank order (local batches may differ
+    in size). `with_grad=True` keeps the gather differentiable (torch.distributed.nn all_gather:
+    its backward sums, over ranks, the gradients that reach each rank's rows)."""
+    world = world_size()
+    if world == 1 or not tensors:
+        return list(tensors)
+    first = tensors[0]
+    sizes = torch.zeros(world, dtype=torch.long, device=first.device)
+    sizes[rank()] = first.shape[0]
+    all_reduce_sum(sizes)
+    sizes = sizes.tolist()
+    longest = max(sizes)
+    out = []
+    for tensor in tensors:
+        n = tensor.shape[0]
+        if n != first.shape[0]:
+            raise ValueError('gather_rows: tensors of one call must share their first dimension')
+        if n < longest:
+            tensor = torch.cat([tensor, tensor.new_zeros((longest - n,) + tuple(tensor.shape[1:]))])
+        if with_grad and tensor.requires_grad:
+            from torch.distributed.nn.functional import all_gather as differentiable_all_gather
+            parts = differentiable_all_gather(tensor.contiguous())
+        else:
+            tensor = tensor.detach().contiguous()
+            parts = [torch.empty_like(tensor) for _ in range(world)]
+            dist.all_gather(parts, tensor)
+        out.append(torch.cat([part[:size] for part, size in zip(parts, sizes)]))
+    return out
+
+
+def wrap_ddp(module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+    """DistributedDataParallel without a buffer broadcast at every forward pass (the caller syncs
+    buffers with `broadcast_buffers`); rank 0's parameters and buffers are sent once, here."""
+    import inspect
+    from torch.nn.parallel import DistributedDataParallel
+
+    kwargs = dict(device_ids=None, find_unused_parameters=find_unused_parameters)
+    if 'forward_sync_buffers' in inspect.signature(DistributedDataParallel).parameters:
+        kwargs['forward_sync_buffers'] = False
+    else:
+        kwargs['broadcast_buffers'] = False
+    wrapped = DistributedDataParallel(module, **kwargs)
+    broadcast_buffers(module)
+    return wrapped
+
+
+@torch.no_grad()
+def broadcast_buffers(*modules: nn.Module, src: int = 0) -> None:
+    """Persistent buffers (BN running statistics, ...) of rank `src` on every rank."""
+    if world_size() == 1:
+        return
+    for module in modules:
+        for sub in module.modules():
+            skip = getattr(sub, '_non_persistent_buffers_set', set())
+            for name, buf in sub._buffers.items():
+                if buf is not None and name not in skip:
+                    dist.broadcast(buf, src=src)
+
+
+def state_digest(*states) -> str:
+    """SHA-1 of nested state dicts / lists / tensors (values and dtypes, in order)."""
+    digest = hashlib.sha1()
+
+    def feed(value):
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            digest.update(f'{t.dtype}{tuple(t.shape)}'.encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in value:
+                digest.update(repr(key).encode())
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                feed(item)
+        else:
+            digest.update(repr(value).encode())
+
+    for state in states:
+        feed(state)
+    return digest.hexdigest()
+
+
+def states_identical(*states) -> bool:
+    """True when every rank holds bitwise the same `states` (one small all_gather)."""
+    return len(set(all_gather_object(state_digest(*states)))) == 1
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Indices rank, rank + world, ...: every sample on exactly one rank, no padding (unlike
+    DistributedSampler), so summed counts over ranks count each evaluation sample once."""
+
+    def __init__(self, length: int, rank_: Optional[int] = None, world: Optional[int] = None):
+        self.length = length
+        self.rank = rank() if rank_ is None else rank_
+        self.world = world_size() if world is None else world
+
+    def __iter__(self):
+        return iter(range(self.rank, self.length, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world))

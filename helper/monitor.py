@@ -1,0 +1,85 @@
+"""CKA monitoring for any --distill method: how close is the student's processing flow to the
+teacher's, measured the same way for every method.
+
+At the end of each epoch the student and the teacher (both in eval mode, no gradient) run on a
+fixed set of held-out batches (the first images of a seeded shuffle of the validation set); the
+student x teacher CKA matrix is pooled over those batches (minibatch CKA: HSIC terms averaged,
+then the ratio) and reduced to one value per paired group, with the same teacher groups, student
+groups and estimator as --distill ckagroup. It is logged like ckagroup's own matrix: TensorBoard
+scalars `monitor/group_<i>` and `monitor/group_mean`, the heatmap `monitor/student_x_teacher`
+with the group blocks outlined, and the per-epoch matrices in `cka_monitor.json`.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from distiller_zoo.ckagroup import CKAGroupLoss, LayerOutputs
+from helper.cka import CKAAccumulator
+from helper.heatmap import heatmap_image
+
+MONITOR_FILE = 'cka_monitor.json'
+
+
+def held_out_batches(val_set, batches: int, batch_size: int, seed: int) -> list:
+    """The same `batches` image batches every epoch: a seeded shuffle of the validation set."""
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(val_set, batch_size=batch_size, shuffle=True, generator=generator,
+                                         num_workers=0, drop_last=True)
+    images = []
+    for index, (batch, *_rest) in enumerate(loader):
+        if index == batches:
+            break
+        images.append(batch)
+    return images
+
+
+class CKAMonitor:
+    def __init__(self, student, teacher, student_layers: LayerOutputs, teacher_layers: LayerOutputs,
+                 student_groups, teacher_groups, images: list, kernel: str, debiased: bool,
+                 reduce: str, device):
+        self.student, self.teacher = student, teacher
+        self.student_layers, self.teacher_layers = student_layers, teacher_layers
+        self.student_groups, self.teacher_groups = student_groups, teacher_groups
+        self.images, self.kernel, self.debiased = images, kernel, debiased
+        self.device = device
+        self.groups = CKAGroupLoss(student_groups, teacher_groups, reduce=reduce, debiased=debiased)
+
+    @torch.no_grad()
+    def measure(self) -> tuple:
+        """(student x teacher matrix, per-group values) on the held-out batches, as numpy/lists."""
+        accumulator = CKAAccumulator(kernel=self.kernel, debiased=self.debiased)
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            for images in self.images:
+                images = images.to(self.device)
+                accumulator.update(self.student_layers.collect(self.student, images),
+                                   self.teacher_layers.collect(self.teacher, images))
+        finally:
+            self.student.train(was_training)
+        matrix = accumulator.matrix().float()
+        groups = self.groups.group_values(matrix)
+        return matrix.numpy().astype(np.float64), groups.tolist()
+
+    def end_epoch(self, epoch: int, run) -> dict:
+        matrix, groups = self.measure()
+        record = {f'monitor/group_{i}': value for i, value in enumerate(groups)}
+        record['monitor/group_mean'] = float(np.mean(groups))
+        run.log_image('monitor/student_x_teacher',
+                      heatmap_image(matrix, self.student_groups, self.teacher_groups), epoch)
+        if run.enabled:
+            path = run.file(MONITOR_FILE)
+            history = []
+            if os.path.exists(path):
+                with open(path) as f:
+                    history = [h for h in json.load(f) if h['epoch'] < epoch]
+            history.append({'epoch': epoch, 'student_layers': self.student_layers.names,
+                            'teacher_layers': self.teacher_layers.names,
+                            'student_groups': self.student_groups, 'teacher_groups': self.teacher_groups,
+                            'matrix': matrix.tolist(), 'group_cka': groups})
+            run.write_json(MONITOR_FILE, history)
+        return record
