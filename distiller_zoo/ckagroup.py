@@ -97,7 +97,7 @@ def parse_n_groups(value) -> Optional[int]:
 
 def check_n_groups(n: int, num_layers: int, who: str, kind: str) -> None:
     if n > num_layers:
-        raise ConfigError(f'--cka_groups {n} exceeds the {num_layers} {kind}-level layers of the '
+        raise ConfigError(f'--cka_groups {n} exceeds the {num_layers} {kind.rstrip("s")}-level layers of the '
                           f'{who}; use at most {num_layers} (or --cka_layers blocks for more layers)')
 
 
@@ -161,7 +161,7 @@ def load_group_file(path: str, layer_names: Sequence[str], kind: str) -> dict:
                           f'({type(exc).__name__}: {exc}); write one with python -m helper.cka_groups') from None
     if list(names) != list(layer_names):
         raise ConfigError(f'--cka_group_file {path!r} names {len(names)} layers that do not match the '
-                          f"teacher's {len(layer_names)} {kind}-level layers; recompute it for this "
+                          f"teacher's {len(layer_names)} {kind.rstrip('s')}-level layers; recompute it for this "
                           'teacher and --cka_layers')
     try:
         validate_groups(groups, len(layer_names))
@@ -246,6 +246,56 @@ class CKAGroupLoss(nn.Module):
         return loss, group_cka.detach(), matrix.detach()
 
 
+def resolve_groups(ctx: DistillContext, student_layers: LayerOutputs, teacher_layers: LayerOutputs) -> dict:
+    """The teacher record and the paired groups of a run, from the --cka_* options.
+
+    Computed once per run and kept in `ctx.extras['cka_groups']`, so that --distill ckagroup and
+    the CKA monitor of every method pair the same groups. Returns {'record', 'student_groups',
+    'teacher_groups'}: pair k is (student_groups[k], teacher_groups[k]). Every check that needs
+    no data runs before the teacher pass, so bad input fails at once.
+    """
+    if 'cka_groups' in ctx.extras:
+        return ctx.extras['cka_groups']
+    opt = ctx.opt
+    n = parse_n_groups(opt.cka_groups)
+    debiased = opt.cka_estimator == 'debiased'
+    if opt.cka_group_file:
+        record = load_group_file(opt.cka_group_file, teacher_layers.names, opt.cka_layers)
+        if n is not None and n != len(record['groups']):
+            print(f'note: --cka_group_file has {len(record["groups"])} groups; --cka_groups {n} ignored')
+        n = len(record['groups'])
+    if n is not None:
+        check_n_groups(n, len(student_layers), 'student', opt.cka_layers)
+        check_n_groups(n, len(teacher_layers), 'teacher', opt.cka_layers)
+        parse_weights(opt.cka_weights, opt.cka_agg, n)
+    if not opt.cka_group_file:
+        if ctx.eval_train_set is None:
+            raise ConfigError('grouping the teacher needs training data, or --cka_group_file')
+        # Distributed: rank 0 groups the teacher and sends the record, so that every rank
+        # pairs the same groups (its errors are raised on every rank).
+        record = distributed.run_on_main(lambda: compute_teacher_groups(
+            ctx.teacher, teacher_layers, ctx.eval_train_set(), n, opt.cka_batches,
+            opt.batch_size, opt.cka_kernel, debiased, opt.seed, ctx.device,
+            max_groups=len(student_layers), extra_settings={'teacher': ctx.teacher_name}))
+        n = len(record['groups'])
+    check_n_groups(n, len(student_layers), 'student', opt.cka_layers)
+    parse_weights(opt.cka_weights, opt.cka_agg, n)
+    teacher_groups = [list(g) for g in record['groups']]
+    if getattr(opt, 'cka_teacher_split', 'cka') == 'even':  # ablation: ignore the CKA structure
+        teacher_groups = even_split(len(teacher_layers), n)
+        record = dict(record, groups=teacher_groups,
+                      settings=dict(record['settings'], teacher_split='even'))
+    if opt.cka_student_split == 'proportional':
+        student_groups = proportional_split(len(student_layers), teacher_groups)
+    else:
+        student_groups = even_split(len(student_layers), n)
+    if getattr(opt, 'cka_pairing', 'forward') == 'reversed':  # ablation: first with last
+        teacher_groups = teacher_groups[::-1]
+    resolved = {'record': record, 'student_groups': student_groups, 'teacher_groups': teacher_groups}
+    ctx.extras['cka_groups'] = resolved
+    return resolved
+
+
 class CKAGroupDistiller(Distiller):
     """`--distill ckagroup`: CKAGroupLoss on block taps (or stages), teacher groups precomputed."""
 
@@ -255,41 +305,15 @@ class CKAGroupDistiller(Distiller):
         self.needs_feats = opt.cka_layers == 'stages'
         self.student_layers = LayerOutputs(ctx.student, opt.cka_layers, ctx.input_shape).attach()
         self.teacher_layers = LayerOutputs(ctx.teacher, opt.cka_layers, ctx.input_shape).attach()
-        n = parse_n_groups(opt.cka_groups)
-        debiased = opt.cka_estimator == 'debiased'
-        if opt.cka_group_file:
-            record = load_group_file(opt.cka_group_file, self.teacher_layers.names, opt.cka_layers)
-            if n is not None and n != len(record['groups']):
-                print(f'note: --cka_group_file has {len(record["groups"])} groups; --cka_groups {n} ignored')
-            n = len(record['groups'])
-        if n is not None:
-            check_n_groups(n, len(self.student_layers), 'student', opt.cka_layers)
-            check_n_groups(n, len(self.teacher_layers), 'teacher', opt.cka_layers)
-            if opt.cka_agg == 'weighted':
-                parse_weights(opt.cka_weights, opt.cka_agg, n)  # fail before the teacher pass
-        if not opt.cka_group_file:
-            if ctx.eval_train_set is None:
-                raise ConfigError('ckagroup needs training data to group the teacher, or --cka_group_file')
-            # Distributed: rank 0 groups the teacher and sends the record, so that every rank
-            # pairs the same groups (its errors are raised on every rank).
-            record = distributed.run_on_main(lambda: compute_teacher_groups(
-                ctx.teacher, self.teacher_layers, ctx.eval_train_set(), n, opt.cka_batches,
-                opt.batch_size, opt.cka_kernel, debiased, opt.seed, ctx.device,
-                max_groups=len(self.student_layers), extra_settings={'teacher': ctx.teacher_name}))
-            n = len(record['groups'])
-        self.teacher_record = record
-        teacher_groups = [list(g) for g in record['groups']]
-        check_n_groups(n, len(self.student_layers), 'student', opt.cka_layers)
-        if opt.cka_student_split == 'proportional':
-            student_groups = proportional_split(len(self.student_layers), teacher_groups)
-        else:
-            student_groups = even_split(len(self.student_layers), n)
-        weights = parse_weights(opt.cka_weights, opt.cka_agg, n)
-        self.loss = CKAGroupLoss(student_groups, teacher_groups, opt.cka_reduce, opt.cka_agg, weights,
-                                 opt.cka_kernel, debiased)
-        self.student_groups, self.teacher_groups = student_groups, teacher_groups
-        print(f'ckagroup: teacher groups {teacher_groups} ({len(self.teacher_layers)} {opt.cka_layers}), '
-              f'student groups {student_groups}')
+        groups = resolve_groups(ctx, self.student_layers, self.teacher_layers)
+        self.teacher_record = groups['record']
+        self.student_groups, self.teacher_groups = groups['student_groups'], groups['teacher_groups']
+        n = len(self.teacher_groups)
+        self.loss = CKAGroupLoss(self.student_groups, self.teacher_groups, opt.cka_reduce, opt.cka_agg,
+                                 parse_weights(opt.cka_weights, opt.cka_agg, n), opt.cka_kernel,
+                                 opt.cka_estimator == 'debiased')
+        print(f'ckagroup: teacher groups {self.teacher_groups} ({len(self.teacher_layers)} '
+              f'{opt.cka_layers}), student groups {self.student_groups}')
         self.gather = bool(getattr(opt, 'cka_gather', False))  # --cka_gather: CKA on the global batch
         self._device = ctx.device
         self._teacher_logged = False
@@ -336,12 +360,12 @@ class CKAGroupDistiller(Distiller):
         Distributed: the mean over the batches of every rank (every rank must call this)."""
         if not self._teacher_logged:
             teacher_matrix = np.asarray(self.teacher_record['matrix'])
+            groups_in_order = self.teacher_record['groups']
             run.write_json(GROUPS_FILE, self.teacher_record)
-            run.log_image('cka/teacher', heatmap_image(teacher_matrix, self.teacher_groups,
-                                                       self.teacher_groups), epoch)
+            run.log_image('cka/teacher', heatmap_image(teacher_matrix, groups_in_order), epoch)
             if getattr(run, 'enabled', True):
-                save_heatmap_png(run.file('cka_groups.png'), teacher_matrix, self.teacher_groups,
-                                 self.teacher_groups, title='teacher CKA')
+                save_heatmap_png(run.file('cka_groups.png'), teacher_matrix, groups_in_order,
+                                 title='teacher CKA')
             self._teacher_logged = True
         matrix_sum, group_sum, batches = self._epoch_totals()
         self._reset_epoch()

@@ -101,7 +101,8 @@ def heatmap_layout(shape, cell: int = 16, title: Optional[str] = None,
 
 def _spans(groups, count: int, what: str):
     spans = []
-    flat = [i for g in groups for i in g]
+    # Paired groups may come in any order (e.g. a reversed pairing); in order they must tile.
+    flat = [i for g in sorted(groups, key=lambda g: g[0] if len(g) else -1) for i in g]
     if any(len(g) == 0 for g in groups) or flat != list(range(count)):
         raise ValueError(f"{what} must be non-empty contiguous runs covering 0..{count - 1}, got {groups}")
     for g in groups:

@@ -17,8 +17,9 @@ import os
 import numpy as np
 import torch
 
-from distiller_zoo.ckagroup import CKAGroupLoss, LayerOutputs
+from distiller_zoo.ckagroup import GROUPS_FILE, CKAGroupLoss, LayerOutputs, resolve_groups
 from helper.cka import CKAAccumulator
+from helper.errors import ConfigError
 from helper.heatmap import heatmap_image
 
 MONITOR_FILE = 'cka_monitor.json'
@@ -37,13 +38,34 @@ def held_out_batches(val_set, batches: int, batch_size: int, seed: int) -> list:
     return images
 
 
+def build_monitor(ctx, val_set, opt):
+    """The monitor of a run, or None with --no-cka_monitor (or, for methods other than ckagroup,
+    when the --cka_* settings cannot group these models: training goes on, without monitoring)."""
+    if not opt.cka_monitor:
+        return None
+    student_layers = LayerOutputs(ctx.student, opt.cka_layers, ctx.input_shape)
+    teacher_layers = LayerOutputs(ctx.teacher, opt.cka_layers, ctx.input_shape)
+    try:
+        groups = resolve_groups(ctx, student_layers, teacher_layers)
+    except ConfigError as exc:
+        if opt.distill == 'ckagroup':
+            raise
+        print(f'note: CKA monitoring is off for this run: {exc}')
+        return None
+    images = held_out_batches(val_set, opt.cka_monitor_batches, opt.batch_size, opt.seed)
+    return CKAMonitor(ctx.student, ctx.teacher, student_layers, teacher_layers, groups['student_groups'],
+                      groups['teacher_groups'], groups['record'], images, opt.cka_kernel,
+                      opt.cka_estimator == 'debiased', opt.cka_reduce, ctx.device)
+
+
 class CKAMonitor:
     def __init__(self, student, teacher, student_layers: LayerOutputs, teacher_layers: LayerOutputs,
-                 student_groups, teacher_groups, images: list, kernel: str, debiased: bool,
-                 reduce: str, device):
+                 student_groups, teacher_groups, teacher_record: dict, images: list, kernel: str,
+                 debiased: bool, reduce: str, device):
         self.student, self.teacher = student, teacher
         self.student_layers, self.teacher_layers = student_layers, teacher_layers
         self.student_groups, self.teacher_groups = student_groups, teacher_groups
+        self.teacher_record = teacher_record
         self.images, self.kernel, self.debiased = images, kernel, debiased
         self.device = device
         self.groups = CKAGroupLoss(student_groups, teacher_groups, reduce=reduce, debiased=debiased)
@@ -72,6 +94,8 @@ class CKAMonitor:
         run.log_image('monitor/student_x_teacher',
                       heatmap_image(matrix, self.student_groups, self.teacher_groups), epoch)
         if run.enabled:
+            if not os.path.exists(run.file(GROUPS_FILE)):
+                run.write_json(GROUPS_FILE, self.teacher_record)
             path = run.file(MONITOR_FILE)
             history = []
             if os.path.exists(path):

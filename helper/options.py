@@ -97,6 +97,10 @@ def student_parser() -> argparse.ArgumentParser:
     add('--cka_estimator', type=str, default='debiased', choices=['biased', 'debiased'])
     add('--cka_kernel', type=str, default='linear', choices=['linear', 'rbf'])
     add('--cka_student_split', type=str, default='even', choices=['even', 'proportional'])
+    add('--cka_monitor', action=argparse.BooleanOptionalAction, default=True,
+        help='log the student x teacher CKA matrix on held-out batches each epoch, for any method')
+    add('--cka_monitor_batches', type=int, default=4,
+        help='held-out validation batches (of --batch_size) the monitor measures on')
     add('--cka_teacher_split', type=str, default='cka', choices=['cka', 'even'],
         help="teacher groups from its CKA matrix, or 'even' (ablation: uniform groups)")
     add('--cka_pairing', type=str, default='forward', choices=['forward', 'reversed'],

@@ -18,6 +18,7 @@ from helper import options as options_mod
 from helper.checkpoint import freeze, load_checkpoint, load_teacher, save_atomic
 from helper.errors import ConfigError
 from helper.loops import CrossEntropyObjective, DistillObjective, train_epoch, validate
+from helper.monitor import build_monitor
 from helper.run_folder import LAST_CKPT, RunFolder
 
 
@@ -310,7 +311,11 @@ def _student(opt) -> dict:
                          input_shape=tuple(data.train[0][0].shape), num_train_samples=len(data.train),
                          device=device, opt=opt, run_dir=run.path,
                          eval_train_set=lambda: load_data(opt, augment=False).train)
-    distiller = build_distiller(opt.distill, ctx).to(device)
+    try:
+        distiller = build_distiller(opt.distill, ctx).to(device)
+    except ValueError as exc:  # a method's own check of its options against these models
+        raise ConfigError(f'--distill {opt.distill}: {exc}') from None
+    monitor = build_monitor(ctx, data.val, opt)
     freeze(teacher)
     train_set = distiller.wrap_train_dataset(data.train)
     loaders = make_loaders(opt, train_set, data.val, device)
@@ -332,7 +337,8 @@ def _student(opt) -> dict:
         run.write_json('teacher_accuracy.json', teacher_acc)
     print(f'distilling {teacher_arch} -> {student_arch} with {opt.distill} on {device}; run folder {run.path}')
     try:
-        return trainer.fit(end_epoch_hook=lambda epoch: distiller.end_epoch(epoch, run))
+        return trainer.fit(end_epoch_hook=lambda epoch: {
+            **distiller.end_epoch(epoch, run), **(monitor.end_epoch(epoch, run) if monitor else {})})
     finally:
         run.close()
 

@@ -78,8 +78,10 @@ def curve_panel(history: list, title: str) -> Image.Image:
 
 
 def matrix_panel(record: dict, title: str) -> Image.Image:
-    pixels = heatmap_image(np.asarray(record['matrix']), record['student_groups'], record['teacher_groups'],
-                           cell=8, title=title[:40])
+    matrix = np.asarray(record['matrix'])
+    cell = max(4, (PANEL - 40) // max(matrix.shape))  # fill the panel whatever the layer counts
+    pixels = heatmap_image(matrix, record['student_groups'], record['teacher_groups'], cell=cell,
+                           title=title[:40])
     image = Image.fromarray(pixels)
     image.thumbnail((PANEL, PANEL))
     canvas = Image.new('RGB', (PANEL, PANEL), 'white')

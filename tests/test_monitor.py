@@ -1,0 +1,120 @@
+"""CKA monitoring for any --distill method: same tags for KD and ckagroup, values against an
+independent float64 reference, and the comparison figure."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import models
+from distiller_zoo.base import DistillContext
+from helper.checkpoint import freeze
+from models.taps import FeatureTap
+from helper.monitor import build_monitor
+from helper.train import run_student
+from test_ckagroup import debiased_cka_reference
+
+TINY = ['--dataset', 'synthetic', '--train_per_class', '12', '--val_per_class', '5', '--batch_size', '16',
+        '--num_workers', '0', '--device', 'cpu', '--print_freq', '5', '--learning_rate', '0.02',
+        '--skip-validation', '--cka_batches', '2', '--cka_groups', '3', '--cka_monitor_batches', '2',
+        '--epochs', '2', '--model_s', 'vgg8']
+
+
+@pytest.fixture(scope='module')
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp('monitor')
+    torch.manual_seed(0)
+    path_t = root / 'resnet14_vanilla' / 'ckpt.pth'
+    path_t.parent.mkdir()
+    torch.save({'model': models.build_model('resnet14', 10).state_dict()}, path_t)
+    runs = {}
+    for method, beta in (('kd', '0'), ('ckagroup', '5')):
+        save = root / method
+        run_student(TINY + ['--path_t', str(path_t), '--distill', method, '-b', beta, '--save_dir', str(save)])
+        (runs[method],) = (save / 'students').iterdir()
+    return runs
+
+
+def _tags(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir), size_guidance={'scalars': 0, 'images': 0})
+    events.Reload()
+    return events
+
+
+def test_kd_and_ckagroup_log_the_same_monitoring(two_runs):
+    tags = {}
+    for method, run_dir in two_runs.items():
+        events = _tags(run_dir)
+        tags[method] = ({t for t in events.Tags()['scalars'] if t.startswith('monitor/')},
+                        {t for t in events.Tags()['images'] if t.startswith('monitor/')})
+        history = json.loads((run_dir / 'cka_monitor.json').read_text())
+        assert [h['epoch'] for h in history] == [1, 2]
+        values = [e.value for e in events.Scalars('monitor/group_1')]
+        assert values == pytest.approx([h['group_cka'][1] for h in history], abs=1e-5)
+        assert len(events.Images('monitor/student_x_teacher')) == 2
+    assert tags['kd'] == tags['ckagroup']
+    assert tags['kd'][0] == {'monitor/group_0', 'monitor/group_1', 'monitor/group_2', 'monitor/group_mean'}
+    groups = [json.loads((d / 'cka_groups.json').read_text())['groups'] for d in two_runs.values()]
+    assert groups[0] == groups[1]  # both runs are measured against the same teacher groups
+
+
+def test_monitor_matches_float64_reference():
+    torch.manual_seed(0)
+    student, teacher = models.build_model('resnet8', 10), models.build_model('vgg8', 10)
+    freeze(teacher)
+    val = torch.utils.data.TensorDataset(torch.randn(40, 3, 32, 32), torch.zeros(40, dtype=torch.long))
+    opt = argparse.Namespace(cka_monitor=True, cka_layers='blocks', cka_groups='2', cka_group_file=None,
+                             cka_estimator='debiased', cka_kernel='linear', cka_student_split='even',
+                             cka_reduce='mean', cka_agg='mean', cka_weights=None, cka_batches=1,
+                             batch_size=20, seed=3, cka_monitor_batches=1, distill='kd')
+    ctx = DistillContext(student=student, teacher=teacher, student_name='resnet8', teacher_name='vgg8',
+                         num_classes=10, input_shape=(3, 32, 32), num_train_samples=40,
+                         device=torch.device('cpu'), opt=opt, eval_train_set=lambda: val)
+    monitor = build_monitor(ctx, val, opt)
+    student.train()
+    matrix, groups = monitor.measure()
+    assert student.training  # mode restored
+    (images,) = monitor.images
+    student.eval()
+    with torch.no_grad():
+        with FeatureTap(student, student.block_layer_names()) as tap:
+            student(images)
+            s_feats = [f.numpy() for f in tap.outputs]
+        with FeatureTap(teacher, teacher.block_layer_names()) as tap:
+            teacher(images)
+            t_feats = [f.numpy() for f in tap.outputs]
+    reference = np.array([[debiased_cka_reference(s, t) for t in t_feats] for s in s_feats])
+    np.testing.assert_allclose(matrix, reference, rtol=1e-4, atol=1e-5)
+    expected = [reference[np.ix_(gs, gt)].mean() for gs, gt in zip(monitor.student_groups, monitor.teacher_groups)]
+    np.testing.assert_allclose(groups, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_monitor_can_be_switched_off(tmp_path):
+    torch.manual_seed(0)
+    path_t = tmp_path / 'resnet8_vanilla' / 'ckpt.pth'
+    path_t.parent.mkdir()
+    torch.save({'model': models.build_model('resnet8', 10).state_dict()}, path_t)
+    args = TINY + ['--path_t', str(path_t), '--distill', 'kd', '--epochs', '1', '--save_dir', str(tmp_path / 's'),
+                   '--no-cka_monitor']
+    run_student(args)
+    (run_dir,) = (tmp_path / 's' / 'students').iterdir()
+    assert not (run_dir / 'cka_monitor.json').exists()
+    assert not [t for t in _tags(run_dir).Tags()['scalars'] if t.startswith('monitor/')]
+
+
+def test_figure_script_draws_both_runs(two_runs, tmp_path):
+    out = tmp_path / 'runs.png'
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts', 'plot_cka_runs.py')
+    result = subprocess.run([sys.executable, script, str(two_runs['kd']), str(two_runs['ckagroup']), '--out', str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    image = Image.open(out)
+    assert image.size == (2 * 260, 2 * 260)
+    pixels = np.asarray(image.convert('RGB'))
+    assert (pixels != 255).any(axis=2).mean() > 0.05  # something was drawn in both rows
