@@ -4,6 +4,9 @@ import importlib
 from distiller_zoo.base import Batch, DistillContext, Distiller, ModelOutputs
 from distiller_zoo.kd import KD, kd_loss
 
+__all__ = ['Batch', 'DistillContext', 'Distiller', 'KD', 'ModelOutputs', 'build_distiller',
+           'distiller_class', 'distiller_names', 'kd_loss']
+
 # Imported on demand so that one method's optional pieces never slow down or break another.
 _REGISTRY = {
     'kd': 'distiller_zoo.kd:KD',

@@ -373,18 +373,27 @@ class CKAGroupDistiller(Distiller):
             return {}
         matrix = (matrix_sum / batches).cpu().double().numpy()
         groups = (group_sum / batches).cpu().double().tolist()
-        record = {f'cka/group_{i}': value for i, value in enumerate(groups)}
-        record['cka/group_mean'] = float(np.mean(groups))
-        run.log_image('cka/student_x_teacher', heatmap_image(matrix, self.student_groups,
-                                                             self.teacher_groups), epoch)
-        history = _read_json(run.file(MATRICES_FILE)) if getattr(run, 'enabled', True) else []
-        history = [h for h in history if h['epoch'] < epoch]
-        history.append({'epoch': epoch, 'student_layers': self.student_layers.names,
-                        'teacher_layers': self.teacher_layers.names,
-                        'student_groups': self.student_groups, 'teacher_groups': self.teacher_groups,
-                        'matrix': matrix.tolist(), 'group_cka': groups})
-        run.write_json(MATRICES_FILE, history)
-        return record
+        return log_group_cka(run, 'cka', MATRICES_FILE, epoch, matrix, groups, self.student_layers.names,
+                             self.teacher_layers.names, self.student_groups, self.teacher_groups)
+
+
+def log_group_cka(run, prefix: str, filename: str, epoch: int, matrix: np.ndarray, group_values: list,
+                  student_names, teacher_names, student_groups, teacher_groups) -> dict:
+    """Log one epoch's student x teacher matrix: the heatmap `<prefix>/student_x_teacher` (paired
+    group blocks outlined), the epoch appended to the run folder's `filename` (an earlier record of
+    the same or a later epoch, left by an interrupted run, is replaced), and the scalars
+    `<prefix>/group_<i>` and `<prefix>/group_mean`, returned for the epoch's metrics record."""
+    run.log_image(f'{prefix}/student_x_teacher', heatmap_image(matrix, student_groups, teacher_groups), epoch)
+    if getattr(run, 'enabled', True):
+        history = [h for h in _read_json(run.file(filename)) if h['epoch'] < epoch]
+        history.append({'epoch': epoch, 'student_layers': list(student_names),
+                        'teacher_layers': list(teacher_names), 'student_groups': student_groups,
+                        'teacher_groups': teacher_groups, 'matrix': np.asarray(matrix).tolist(),
+                        'group_cka': list(group_values)})
+        run.write_json(filename, history)
+    record = {f'{prefix}/group_{i}': value for i, value in enumerate(group_values)}
+    record[f'{prefix}/group_mean'] = float(np.mean(group_values))
+    return record
 
 
 def gather_layer_outputs(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]):

@@ -6,21 +6,20 @@ fixed set of held-out batches (the first images of a seeded shuffle of the valid
 student x teacher CKA matrix is pooled over those batches (minibatch CKA: HSIC terms averaged,
 then the ratio) and reduced to one value per paired group, with the same teacher groups, student
 groups and estimator as --distill ckagroup. It is logged like ckagroup's own matrix: TensorBoard
-scalars `monitor/group_<i>` and `monitor/group_mean`, the heatmap `monitor/student_x_teacher`
+scalars `monitor/group_<i>`, `monitor/group_mean` and `monitor/seconds` (its own cost), the heatmap `monitor/student_x_teacher`
 with the group blocks outlined, and the per-epoch matrices in `cka_monitor.json`.
 """
 from __future__ import annotations
 
-import json
 import os
+import time
 
 import numpy as np
 import torch
 
-from distiller_zoo.ckagroup import GROUPS_FILE, CKAGroupLoss, LayerOutputs, resolve_groups
+from distiller_zoo.ckagroup import GROUPS_FILE, CKAGroupLoss, LayerOutputs, log_group_cka, resolve_groups
 from helper.cka import CKAAccumulator
 from helper.errors import ConfigError
-from helper.heatmap import heatmap_image
 
 MONITOR_FILE = 'cka_monitor.json'
 
@@ -88,22 +87,12 @@ class CKAMonitor:
         return matrix.numpy().astype(np.float64), groups.tolist()
 
     def end_epoch(self, epoch: int, run) -> dict:
+        start = time.perf_counter()
         matrix, groups = self.measure()
-        record = {f'monitor/group_{i}': value for i, value in enumerate(groups)}
-        record['monitor/group_mean'] = float(np.mean(groups))
-        run.log_image('monitor/student_x_teacher',
-                      heatmap_image(matrix, self.student_groups, self.teacher_groups), epoch)
-        if run.enabled:
-            if not os.path.exists(run.file(GROUPS_FILE)):
-                run.write_json(GROUPS_FILE, self.teacher_record)
-            path = run.file(MONITOR_FILE)
-            history = []
-            if os.path.exists(path):
-                with open(path) as f:
-                    history = [h for h in json.load(f) if h['epoch'] < epoch]
-            history.append({'epoch': epoch, 'student_layers': self.student_layers.names,
-                            'teacher_layers': self.teacher_layers.names,
-                            'student_groups': self.student_groups, 'teacher_groups': self.teacher_groups,
-                            'matrix': matrix.tolist(), 'group_cka': groups})
-            run.write_json(MONITOR_FILE, history)
+        seconds = time.perf_counter() - start
+        if run.enabled and not os.path.exists(run.file(GROUPS_FILE)):
+            run.write_json(GROUPS_FILE, self.teacher_record)
+        record = log_group_cka(run, 'monitor', MONITOR_FILE, epoch, matrix, groups, self.student_layers.names,
+                               self.teacher_layers.names, self.student_groups, self.teacher_groups)
+        record['monitor/seconds'] = seconds  # its cost, beside the epoch's training 'time'
         return record

@@ -9,7 +9,7 @@ like the output (the older repos returned it unshuffled, misaligned with the fea
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List
 
 import torch
 import torch.nn.functional as F

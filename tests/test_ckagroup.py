@@ -191,3 +191,19 @@ def test_group_file_from_cli_is_accepted(tmp_path):
                                   '--cka_group_file', str(out / 'cka_groups.json'), '--epochs', '1',
                                   '--save_dir', str(tmp_path / 'save')])
     assert summary['epochs'] == 1
+
+
+def test_ablations_even_teacher_groups_and_reversed_pairing():
+    torch.manual_seed(0)
+    teacher, student = models.build_model('resnet20', 10), models.build_model('resnet8', 10)
+    freeze(teacher)
+    base = CKAGroupDistiller(_ctx(student, teacher, cka_groups='2'))
+    even = CKAGroupDistiller(_ctx(student, teacher, cka_groups='2', cka_teacher_split='even'))
+    assert even.teacher_groups == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]  # resnet20: stem + 9 blocks
+    assert even.student_groups == base.student_groups == [[0, 1], [2, 3]]
+    reversed_ = CKAGroupDistiller(_ctx(student, teacher, cka_groups='2', cka_pairing='reversed'))
+    assert reversed_.teacher_groups == base.teacher_groups[::-1]
+    matrix = torch.arange(40, dtype=torch.float32).reshape(4, 10) / 40
+    first, last = base.teacher_groups
+    expected = [matrix[0:2, last[0]:last[-1] + 1].mean(), matrix[2:4, first[0]:first[-1] + 1].mean()]
+    torch.testing.assert_close(reversed_.loss.group_values(matrix), torch.stack(expected))

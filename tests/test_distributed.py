@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from crd.memory import ContrastMemory
 from helper import distributed
 from helper.errors import ConfigError
 
@@ -80,9 +81,9 @@ def test_torchrun_two_processes(method, teacher_path, tmp_path):
     assert result.stdout.count('finished:') == 1 and result.stdout.count('epoch 2:') == 1
     assert len(glob.glob(str(run_dir / 'events.out.tfevents.*'))) == 1
     expected = {'options.json', 'metrics.json', 'summary.json', 'ckpt_last.pth', 'resnet8_best.pth',
-                'teacher_accuracy.json'}
+                'teacher_accuracy.json', 'cka_groups.json', 'cka_monitor.json'}  # monitoring: every method
     if method == 'ckagroup':
-        expected |= {'cka_groups.json', 'cka_groups.png', 'cka_matrices.json'}
+        expected |= {'cka_groups.png', 'cka_matrices.json'}
     assert {p.name for p in run_dir.iterdir() if not p.name.startswith('events.')} == expected
     history = json.loads((run_dir / 'metrics.json').read_text())
     assert [r['epoch'] for r in history] == [1, 2]
@@ -110,7 +111,6 @@ def test_multiprocessing_distributed_on_cpu(teacher_path, tmp_path):
 
 # --------------------------------------------------------------------------- collectives
 def _collectives_worker(rank, url, out_dir):
-    from crd.memory import ContrastMemory
     from distiller_zoo.ckagroup import CKAGroupLoss, gather_layer_outputs
     from helper.loops import _Sums, validate
 
@@ -168,7 +168,6 @@ def _cka_problem(rank):
 
 
 def _crd_problem():
-    from crd.memory import ContrastMemory
     torch.manual_seed(5)
     memory = ContrastMemory(4, n_data=12, k=3, momentum=0.5)
     gen = torch.Generator().manual_seed(6)

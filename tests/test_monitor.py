@@ -59,7 +59,8 @@ def test_kd_and_ckagroup_log_the_same_monitoring(two_runs):
         assert values == pytest.approx([h['group_cka'][1] for h in history], abs=1e-5)
         assert len(events.Images('monitor/student_x_teacher')) == 2
     assert tags['kd'] == tags['ckagroup']
-    assert tags['kd'][0] == {'monitor/group_0', 'monitor/group_1', 'monitor/group_2', 'monitor/group_mean'}
+    assert tags['kd'][0] == {'monitor/group_0', 'monitor/group_1', 'monitor/group_2', 'monitor/group_mean',
+                             'monitor/seconds'}
     groups = [json.loads((d / 'cka_groups.json').read_text())['groups'] for d in two_runs.values()]
     assert groups[0] == groups[1]  # both runs are measured against the same teacher groups
 
