@@ -277,9 +277,9 @@ def resolve_groups(ctx: DistillContext, student_layers: LayerOutputs, teacher_la
             ctx.teacher, teacher_layers, ctx.eval_train_set(), n, opt.cka_batches,
             opt.batch_size, opt.cka_kernel, debiased, opt.seed, ctx.device,
             max_groups=len(student_layers), extra_settings={'teacher': ctx.teacher_name}))
-        n = len(record['groups'])
-    check_n_groups(n, len(student_layers), 'student', opt.cka_layers)
-    parse_weights(opt.cka_weights, opt.cka_agg, n)
+        if n is None:  # --cka_groups auto: n is known only now
+            n = len(record['groups'])
+            parse_weights(opt.cka_weights, opt.cka_agg, n)
     teacher_groups = [list(g) for g in record['groups']]
     if getattr(opt, 'cka_teacher_split', 'cka') == 'even':  # ablation: ignore the CKA structure
         teacher_groups = even_split(len(teacher_layers), n)

@@ -113,12 +113,9 @@ class DistillObjective:
         self.distiller.train()
         self.teacher.eval()  # never in train mode: its BN statistics must not move
 
-    def _outputs(self, model, images) -> ModelOutputs:
-        return model_outputs(model, images, self.distiller)
-
     def __call__(self, batch: Batch):
         with torch.no_grad():
-            teacher_out = self._outputs(self.teacher, batch.images)
+            teacher_out = model_outputs(self.teacher, batch.images, self.distiller)
         return self.forward(batch, teacher_out)
 
 
