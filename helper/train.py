@@ -247,7 +247,7 @@ def _option_values(opt) -> dict:
     return {f'--{k}': v for k, v in _plain(vars(opt)).items() if k not in LOCAL_OPTIONS}
 
 
-def _consistency(opt, data, teacher=None, distiller=None) -> dict:
+def _consistency(opt, data, teacher=None, ctx=None) -> dict:
     """What every rank of a distributed run must agree on (checked before training)."""
     if distributed.world_size() == 1:
         return {}
@@ -255,8 +255,9 @@ def _consistency(opt, data, teacher=None, distiller=None) -> dict:
     values.update({'the training images': len(data.train), 'the test images': len(data.val)})
     if teacher is not None:
         values['the teacher weights'] = distributed.state_digest(teacher.state_dict())
-    if getattr(distiller, 'teacher_groups', None) is not None:
-        values['the teacher groups'] = distiller.teacher_groups
+    groups = ctx.extras.get('cka_groups') if ctx is not None else None  # ckagroup and the monitor
+    if groups is not None:
+        values['the teacher groups'] = groups['teacher_groups']
     return values
 
 
@@ -326,7 +327,7 @@ def _student(opt) -> dict:
                                         'num_classes': data.num_classes, 'teacher_arch': teacher_arch,
                                         'distill': opt.distill},
                       extra_state={'distiller': distiller},
-                      consistency=_consistency(opt, data, teacher, distiller))
+                      consistency=_consistency(opt, data, teacher, ctx))
     resume = _resume_path(opt, run)
     if resume:
         trainer.resume(resume)
