@@ -178,6 +178,30 @@ def test_large_offset_float32_close_to_float64(kernel, debiased):
     assert abs(got - ref) < 1e-6, (got, ref)
 
 
+@pytest.mark.parametrize("debiased", [False, True])
+def test_raw_gram_only_for_small_offsets(monkeypatch, debiased):
+    """A layer with a moderate offset (trace(K) / trace(HKH) about 13, under the limit of 16)
+    skips the shifted copy and stays within float32 precision of float64; a layer of the same
+    width with a large offset, and only that one, is shifted."""
+    import helper.cka as cka_module
+    calls = []
+    original = cka_module._group_grams
+    monkeypatch.setattr(cka_module, "_group_grams", lambda flat, idx, *a, **k:
+                        calls.append((len(idx), k.get("shift", True))) or original(flat, idx, *a, **k))
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(64, 512, generator=g, dtype=torch.float64)
+    y = torch.relu(x[:, :128] + torch.randn(64, 128, generator=g, dtype=torch.float64))
+    moderate = x + 6.0 * torch.rand(512, generator=g, dtype=torch.float64)   # per-column offset
+    K = moderate @ moderate.T
+    assert 8 < float(K.trace() / (K.trace() - K.sum() / 64)) < 16
+    xs32, y32 = [moderate.float(), (x + 1e3).float()], y.float()
+    ref = cka_matrix([t.double() for t in xs32], [y32.double()], "linear", debiased, dtype=torch.float64)
+    calls.clear()
+    got = cka_matrix(xs32, [y32], "linear", debiased)
+    assert calls == [(2, False), (1, True), (1, False)]
+    np.testing.assert_allclose(got.double().numpy(), ref.numpy(), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("kernel,debiased", ESTIMATORS)
 @pytest.mark.parametrize("scale", [1e-25, 1e-8, 1e8, 1e25])
@@ -220,11 +244,12 @@ def test_runs_outside_autocast():
 
 
 # ---------------------------------------------------------------- gradients
+@pytest.mark.parametrize("offset", [0.0, 1e3])   # raw Grams, and the shifted path
 @pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("debiased", [False, True])
-def test_gradcheck_linear(debiased, batched):
+def test_gradcheck_linear(debiased, batched, offset):
     g = torch.Generator().manual_seed(7)
-    x1 = torch.randn(7, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    x1 = (torch.randn(7, 2, 2, generator=g, dtype=torch.float64) + offset).requires_grad_(True)
     x2 = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
     x3 = torch.randn(7, 4, generator=g, dtype=torch.float64, requires_grad=True)  # width of x1
     y = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
