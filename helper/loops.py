@@ -6,8 +6,10 @@ adds `beta * sum(terms)` to `cls * CE + div * KD`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +20,32 @@ from distiller_zoo.kd import kd_loss
 from helper import distributed
 
 
-def to_batch(data, device) -> Batch:
+def to_batch(data, device, memory_format=torch.contiguous_format) -> Batch:
     images, targets, *extra = data
     move = lambda t: t.to(device, non_blocking=True)
-    return Batch(move(images), move(targets), tuple(move(e) for e in extra))
+    return Batch(move(images).contiguous(memory_format=memory_format), move(targets),
+                 tuple(move(e) for e in extra))
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """--amp and --channels_last, as the loops apply them: the forward passes (teacher, student,
+    losses) under bf16 autocast, the images in channels_last format (the models are converted by
+    the caller). The backward pass and the optimiser step run outside autocast, as intended."""
+    amp: bool = False
+    channels_last: bool = False
+
+    @classmethod
+    def from_opt(cls, opt) -> 'StepOptions':
+        return cls(bool(getattr(opt, 'amp', False)), bool(getattr(opt, 'channels_last', False)))
+
+    def batch(self, data, device) -> Batch:
+        return to_batch(data, device, torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    def autocast(self, device):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 class CrossEntropyObjective:
@@ -172,19 +196,20 @@ def _print_now(message: str) -> None:
 
 
 def train_epoch(epoch: int, loader, objective, optimizer, device, print_freq: int,
-                total_epochs: int, log=_print_now) -> dict:
+                total_epochs: int, log=_print_now, step_options: StepOptions = StepOptions()) -> dict:
     """One pass over `loader`; returns mean loss terms, top-1/top-5 (%) and throughput."""
     objective.train()
     sums = _Sums()
     start = time.time()
     n_batches = len(loader)
     for step, data in enumerate(loader, 1):
-        batch = to_batch(data, device)
-        loss, terms, logits = objective(batch)
+        batch = step_options.batch(data, device)
+        with step_options.autocast(device):
+            loss, terms, logits = objective(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        top1, top5 = accuracy(logits.detach(), batch.targets)
+        top1, top5 = accuracy(logits.detach().float(), batch.targets)
         n = batch.targets.shape[0]
         sums.add({**terms, 'loss': loss, 'top1': top1 * 100.0 / n, 'top5': top5 * 100.0 / n}, n)
         if step % print_freq == 0 or step == n_batches:
@@ -207,7 +232,7 @@ def train_epoch(epoch: int, loader, objective, optimizer, device, print_freq: in
 
 
 @torch.no_grad()
-def validate(predict, loader, device) -> dict:
+def validate(predict, loader, device, step_options: StepOptions = StepOptions()) -> dict:
     """Top-1 / top-5 (%) and cross-entropy of `predict(images) -> logits` over `loader`.
 
     Distributed: each rank evaluates its shard (helper.distributed.ShardSampler: every sample on
@@ -216,8 +241,10 @@ def validate(predict, loader, device) -> dict:
     """
     sums = _Sums()
     for data in loader:
-        batch = to_batch(data, device)
-        logits = predict(batch.images)
+        batch = step_options.batch(data, device)
+        with step_options.autocast(device):
+            logits = predict(batch.images)
+        logits = logits.float()
         n = batch.targets.shape[0]
         top1, top5 = accuracy(logits, batch.targets)
         loss = F.cross_entropy(logits, batch.targets)

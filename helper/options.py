@@ -60,6 +60,17 @@ def _common(parser: argparse.ArgumentParser, print_freq: int) -> None:
     add('--dist_timeout', type=float, default=1800,
         help='seconds a distributed process waits for the others (start-up, collectives) before '
              'it gives up with an error')
+    # Faster steps (docs/FAST_TRAINING.md); off by default, so the classic path stays as it was.
+    add('--data_on_device', action='store_true',
+        help='hold the training and test images on the device as uint8 and crop/flip/normalise '
+             'there (small-image sets: cifar10/100, synthetic, fashionmnist, cinic10, folder up to 64 px)')
+    add('--amp', action='store_true',
+        help='bf16 autocast for the forward passes (the CKA math stays in float32)')
+    add('--channels_last', action='store_true', help='models and images in channels_last memory format')
+    add('--compile', nargs='?', const='default', default=None,
+        choices=['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'],
+        help="torch.compile the student and the teacher (a mode may follow; 'reduce-overhead' "
+             'adds CUDA graphs on a GPU)')
 
 
 def teacher_parser() -> argparse.ArgumentParser:

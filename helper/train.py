@@ -11,12 +11,13 @@ from torch.utils.data.distributed import DistributedSampler
 
 import models
 from dataset import DatasetUnavailableError, build_datasets
+from dataset.device_data import DeviceImageLoader, uint8_images
 from distiller_zoo import DistillContext, build_distiller
 from helper import distributed
 from helper import options as options_mod
 from helper.checkpoint import freeze, load_checkpoint, load_teacher, save_atomic
 from helper.errors import ConfigError
-from helper.loops import CrossEntropyObjective, DistillObjective, train_epoch, validate
+from helper.loops import CrossEntropyObjective, DistillObjective, StepOptions, train_epoch, validate
 from helper.monitor import build_monitor
 from helper.run_folder import LAST_CKPT, RunFolder
 
@@ -62,14 +63,17 @@ def lr_at(opt, epoch: int) -> float:
     return opt.learning_rate * opt.lr_decay_rate ** steps
 
 
-def make_loaders(opt, train_set, val_set, device):
+def make_loaders(opt, train_set, val_set, device, data=None):
     """Loaders of `--batch_size` images with `--num_workers` workers, both per process.
 
     Distributed: the training set is split by a DistributedSampler (shuffled by --seed and the
     epoch; padded by repeating a few samples so that every rank gets as many), the evaluation set
     by a ShardSampler (no padding: each sample is evaluated once, the sums are added over ranks).
+    `--data_on_device` (needs `data`, the DataBundle): both sets as uint8 on the device instead.
     """
     generator = torch.Generator()
+    if getattr(opt, 'data_on_device', False):
+        return _device_loaders(opt, train_set, data, device, generator)
     pin = device.type == 'cuda'
     common = dict(num_workers=opt.num_workers, pin_memory=pin,
                   persistent_workers=False)
@@ -84,6 +88,41 @@ def make_loaders(opt, train_set, val_set, device):
                                                generator=generator, **common)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=opt.batch_size, shuffle=False, **common)
     return train_loader, val_loader, generator
+
+
+def _device_loaders(opt, train_set, data, device, generator):
+    if train_set is not data.train:
+        raise ConfigError(f'--data_on_device cannot feed --distill {opt.distill}: it reads per-sample '
+                          'indices through its own data set wrapper; drop --data_on_device')
+    arrays = []
+    for part in (data.train, data.val):
+        try:
+            arrays.append(uint8_images(part, data.image_size))
+        except ValueError as exc:
+            raise ConfigError(f'--data_on_device: {exc}; drop --data_on_device for --dataset '
+                              f'{opt.dataset}') from None
+    if distributed.world_size() > 1:
+        samplers = (DistributedSampler(data.train, shuffle=True, seed=opt.seed),
+                    distributed.ShardSampler(len(data.val)))
+    else:
+        samplers = (None, None)
+    common = dict(mean=data.mean, std=data.std, batch_size=opt.batch_size, device=device,
+                  channels_last=opt.channels_last)
+    train_loader = DeviceImageLoader(*arrays[0], train=True, generator=generator, sampler=samplers[0], **common)
+    val_loader = DeviceImageLoader(*arrays[1], train=False, sampler=samplers[1], **common)
+    return train_loader, val_loader, generator
+
+
+def prepare_model(model: torch.nn.Module, opt) -> torch.nn.Module:
+    """--channels_last and --compile, in place (the module, its state_dict keys and its hooks stay
+    the same: `nn.Module.compile` compiles its call)."""
+    if getattr(opt, 'channels_last', False):
+        model.to(memory_format=torch.channels_last)
+    mode = getattr(opt, 'compile', None)
+    if mode is not None:
+        # static shapes: the short last batch gets its own graph instead of turning every batch dynamic
+        model.compile(mode=None if mode == 'default' else mode, dynamic=False)
+    return model
 
 
 def load_data(opt, augment=True):
@@ -117,6 +156,7 @@ class Trainer:
                                          weight_decay=opt.weight_decay)
         self.history, self.best_acc, self.start_epoch = [], 0.0, 1
         self.consistency = consistency or {}  # what every rank must agree on (distributed)
+        self.step_options = StepOptions.from_opt(opt)
         self._wrapped = False
 
     def resume(self, path: str) -> None:
@@ -174,12 +214,12 @@ class Trainer:
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
             train = train_epoch(epoch, self.train_loader, self.objective, self.optimizer, self.device,
-                                opt.print_freq, opt.epochs)
+                                opt.print_freq, opt.epochs, step_options=self.step_options)
             distributed.broadcast_buffers(self.objective.module)
             extra = end_epoch_hook(epoch) if end_epoch_hook else {}
             for module in self.eval_modules:
                 module.eval()
-            test = validate(self.predict, self.val_loader, self.device)
+            test = validate(self.predict, self.val_loader, self.device, self.step_options)
             record = {'epoch': epoch, 'lr': lr, 'time': train.pop('time'),
                       **{f'train/{k}': v for k, v in train.items()},
                       **{f'test/{k}': v for k, v in test.items()}, **extra}
@@ -278,8 +318,8 @@ def _teacher(opt) -> dict:
     arch = models.resolve_model_name(opt.model, opt.dataset)
     run = RunFolder(os.path.join(opt.save_dir, 'teachers', options_mod.teacher_run_name(opt)),
                     _plain(vars(opt)), resume=opt.resume is not None, enabled=distributed.is_main())
-    model.to(device)
-    loaders = make_loaders(opt, data.train, data.val, device)
+    prepare_model(model.to(device), opt)
+    loaders = make_loaders(opt, data.train, data.val, device, data)
     trainer = Trainer(opt, run, model, CrossEntropyObjective(model), model, model.parameters(),
                       device, *loaders,
                       checkpoint_extra={'arch': arch, 'dataset': opt.dataset,
@@ -318,7 +358,9 @@ def _student(opt) -> dict:
     monitor = build_monitor(ctx, data.val, opt)
     freeze(teacher)
     train_set = distiller.wrap_train_dataset(data.train)
-    loaders = make_loaders(opt, train_set, data.val, device)
+    loaders = make_loaders(opt, train_set, data.val, device, data)
+    prepare_model(student, opt)
+    prepare_model(teacher, opt)
     trainable = list(student.parameters()) + list(distiller.parameters())
     predict = lambda images: distiller.predict(student, images)
     trainer = Trainer(opt, run, student, DistillObjective(student, teacher, distiller, opt), predict,
@@ -332,7 +374,7 @@ def _student(opt) -> dict:
     if resume:
         trainer.resume(resume)
     elif not opt.skip_validation:
-        teacher_acc = validate(teacher, loaders[1], device)
+        teacher_acc = validate(teacher, loaders[1], device, StepOptions.from_opt(opt))
         print(f'teacher {teacher_arch} test top1 {teacher_acc["top1"]:.2f}')
         run.write_json('teacher_accuracy.json', teacher_acc)
     print(f'distilling {teacher_arch} -> {student_arch} with {opt.distill} on {device}; run folder {run.path}')

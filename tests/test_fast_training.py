@@ -1,0 +1,72 @@
+"""--data_on_device, --amp, --channels_last, --compile: end to end on CPU (tiny budgets)."""
+import json
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from helper.train import main, prepare_model, run_student, run_teacher
+from models.taps import FeatureTap
+
+TINY = ['--dataset', 'synthetic', '--train_per_class', '20', '--val_per_class', '10', '--batch_size', '32',
+        '--num_workers', '0', '--device', 'cpu', '--print_freq', '2', '--learning_rate', '0.02']
+FAST = ['--data_on_device', '--amp', '--channels_last']
+
+
+@pytest.fixture(scope='module')
+def fast_teacher(tmp_path_factory):
+    save = tmp_path_factory.mktemp('save')
+    summary = run_teacher(TINY + FAST + ['--model', 'resnet8', '--epochs', '1', '--save_dir', str(save)])
+    assert summary['epochs'] == 1
+    return save / 'teachers' / 'resnet8_vanilla_synthetic_lr_0.02_decay_0.0005_trial_1' / 'resnet8_best.pth'
+
+
+def _student(teacher, save, extra=()):
+    return run_student(TINY + ['--path_t', str(teacher), '--model_s', 'resnet8', '--distill', 'ckagroup',
+                               '-b', '1', '--cka_batches', '2', '--epochs', '1', '--skip-validation',
+                               '--save_dir', str(save)] + list(extra))
+
+
+def test_fast_ckagroup_run_is_reproducible(fast_teacher, tmp_path):
+    first = _student(fast_teacher, tmp_path / 'a', FAST)
+    second = _student(fast_teacher, tmp_path / 'b', FAST)
+    name = 'S-resnet8_T-resnet8_synthetic_ckagroup_r-1.0_a-1.0_b-1.0_1'
+    weights = [torch.load(tmp_path / d / 'students' / name / 'ckpt_last.pth', weights_only=True)['model']
+               for d in ('a', 'b')]
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
+    assert first['last_top1'] == second['last_top1']
+    history = json.loads((tmp_path / 'a' / 'students' / name / 'metrics.json').read_text())
+    assert 0 <= history[0]['cka/group_mean'] <= 1 and history[0]['train/loss_ckagroup'] > 0
+    options = json.loads((tmp_path / 'a' / 'students' / name / 'options.json').read_text())
+    assert options['data_on_device'] and options['amp'] and options['channels_last']
+
+
+def test_data_on_device_refuses_what_it_cannot_feed(fast_teacher, tmp_path, capsys):
+    args = TINY + ['--path_t', str(fast_teacher), '--model_s', 'resnet8', '--distill', 'crd', '--nce_k', '16', '--epochs', '1',
+                   '--save_dir', str(tmp_path), '--data_on_device']
+    assert main(run_student, args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: --data_on_device cannot feed --distill crd') and '\n' not in err
+
+
+def test_compiled_model_keeps_values_keys_and_hooks():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
+    eager = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(6, 3, 8, 8)
+    with torch.no_grad():
+        model.eval()
+        expected = model(x)
+        with FeatureTap(model, ['2']) as tap:
+            model(x)
+            expected_feature = tap.outputs[0]
+    prepare_model(model, types.SimpleNamespace(channels_last=True, compile='default'))
+    assert list(model.state_dict()) == list(eager)
+    with torch.no_grad(), FeatureTap(model, ['2']) as tap:
+        got = model(x.contiguous(memory_format=torch.channels_last))
+        feature = tap.outputs[0]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(feature, expected_feature, rtol=1e-4, atol=1e-5)
