@@ -129,6 +129,15 @@ def _median_offdiag(D: torch.Tensor) -> torch.Tensor:
     return 0.5 * (vals[:, (m - 1) // 2] + vals[:, m // 2])
 
 
+def _flatten(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, p) features of a layer, flattened in memory order. CKA does not depend on the order of
+    a layer's features, and a channels_last map (--channels_last) flattened in NCHW order would
+    be a transposing copy (it cost more than the Gram itself); in memory order it is a view."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        x = x.permute(0, 2, 3, 1)
+    return x.reshape(n, -1)
+
+
 # Rows averaged for the per-column shift applied before the Gram (see _shift_reference).
 _SHIFT_ROWS = 8
 
@@ -231,7 +240,7 @@ def _prepared_grams(xs: Layers, kernel: str, debiased: bool, rbf_threshold: floa
     L = len(xs)
     device = xs[0].device
     with _autocast_off(device):
-        flat = [x.reshape(n, -1) for x in xs]
+        flat = [_flatten(x, n) for x in xs]
         # Layers with the same flattened width share one batched Gram product.
         by_width: dict = {}
         for i, f in enumerate(flat):

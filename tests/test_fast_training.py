@@ -70,3 +70,12 @@ def test_compiled_model_keeps_values_keys_and_hooks():
         feature = tap.outputs[0]
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(feature, expected_feature, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_fast_path_on_cuda_with_cuda_graphs(fast_teacher, tmp_path):
+    """The GPU branch: data on the GPU, bf16, channels_last, torch.compile with CUDA graphs (two
+    epochs, so the short last batch and the second pass reuse the captured graphs)."""
+    summary = _student(fast_teacher, tmp_path, FAST + ['--device', 'cuda', '--compile', 'reduce-overhead',
+                                                       '--epochs', '2'])
+    assert summary['epochs'] == 2 and 0 <= summary['last_top1'] <= 100
