@@ -109,6 +109,22 @@ def test_multiprocessing_distributed_on_cpu(teacher_path, tmp_path):
     assert len(glob.glob(str(run_dir / 'events.out.tfevents.*'))) == 1
 
 
+def test_data_on_device_with_two_processes(teacher_path, tmp_path):
+    """--data_on_device in a distributed run: each rank takes its DistributedSampler shard of the
+    set held on its device and evaluates its ShardSampler part; the ranks stay in sync."""
+    from helper.train import run_student
+    save = tmp_path / 'save'
+    summary = run_student(TINY + ['--path_t', str(teacher_path), '--model_s', 'resnet8', '--distill', 'kd',
+                                  '--skip-validation', '--save_dir', str(save), '--data_on_device',
+                                  '--multiprocessing-distributed', '--nproc', '2', '--dist-url', _store(tmp_path)])
+    assert summary['world_size'] == 2 and summary['ranks_in_sync'] is True and summary['epochs'] == 2
+    history = json.loads((_run_dir(save) / 'metrics.json').read_text())
+    # top-1 over the whole test set, counted once: a multiple of 100 / (number of test images)
+    test_images = 10 * int(TINY[TINY.index('--val_per_class') + 1])
+    assert all(abs(h['test/top1'] * test_images / 100 - round(h['test/top1'] * test_images / 100)) < 1e-6
+               for h in history)
+
+
 # --------------------------------------------------------------------------- collectives
 def _collectives_worker(rank, url, out_dir):
     from distiller_zoo.ckagroup import CKAGroupLoss, gather_layer_outputs
