@@ -29,15 +29,23 @@ def to_batch(data, device, memory_format=torch.contiguous_format) -> Batch:
 
 @dataclass(frozen=True)
 class StepOptions:
-    """--amp and --channels_last, as the loops apply them: the forward passes (teacher, student,
-    losses) under bf16 autocast, the images in channels_last format (the models are converted by
-    the caller). The backward pass and the optimiser step run outside autocast, as intended."""
+    """--amp, --channels_last and --compile, as the loops apply them: the forward passes
+    (teacher, student, losses) under bf16 autocast, the images in channels_last format (the
+    models are converted and compiled by the caller), and with CUDA graphs a step boundary marked
+    before each batch. The backward pass and the optimiser step run outside autocast."""
     amp: bool = False
     channels_last: bool = False
+    cuda_graphs: bool = False
 
     @classmethod
     def from_opt(cls, opt) -> 'StepOptions':
-        return cls(bool(getattr(opt, 'amp', False)), bool(getattr(opt, 'channels_last', False)))
+        return cls(bool(getattr(opt, 'amp', False)), bool(getattr(opt, 'channels_last', False)),
+                   getattr(opt, 'compile', None) in ('reduce-overhead', 'max-autotune'))
+
+    def begin_step(self) -> None:
+        """Tell CUDA-graph trees a new iteration starts (the previous one's outputs are dead)."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
 
     def batch(self, data, device) -> Batch:
         return to_batch(data, device, torch.channels_last if self.channels_last else torch.contiguous_format)
@@ -204,6 +212,7 @@ def train_epoch(epoch: int, loader, objective, optimizer, device, print_freq: in
     n_batches = len(loader)
     for step, data in enumerate(loader, 1):
         batch = step_options.batch(data, device)
+        step_options.begin_step()
         with step_options.autocast(device):
             loss, terms, logits = objective(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -242,6 +251,7 @@ def validate(predict, loader, device, step_options: StepOptions = StepOptions())
     sums = _Sums()
     for data in loader:
         batch = step_options.batch(data, device)
+        step_options.begin_step()
         with step_options.autocast(device):
             logits = predict(batch.images)
         logits = logits.float()
