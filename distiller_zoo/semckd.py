@@ -64,11 +64,12 @@ class Proj(nn.Module):
 def gram_rows(f: torch.Tensor, width: int) -> torch.Tensor:
     """b x b Gram matrix of the flattened maps, rows zero-padded to `width` columns.
 
-    Always float32, also under --amp: bf16 sums over tens of thousands of features lose most
+    At least float32, also under --amp: bf16 sums over tens of thousands of features lose most
     digits (and torch's CPU bf16 GEMM crashed with SIGFPE on a 24 x 65536 operand)."""
     b = f.shape[0]
     with torch.autocast(device_type=f.device.type, enabled=False):
-        flat = f.reshape(b, -1).float()
+        flat = f.reshape(b, -1)
+        flat = flat.to(torch.promote_types(flat.dtype, torch.float32))  # float64 stays float64
         gram = flat @ flat.t()
     if width > b:
         gram = F.pad(gram, (0, width - b))
