@@ -19,10 +19,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from .arrays import ArrayImageDataset, LabeledSubset
-from .transforms import SMALL_IMAGE_MAX
+from .transforms import SMALL_IMAGE_MAX, fit_to_size
 
 
 def uint8_images(dataset, size: int) -> tuple:
@@ -45,17 +44,12 @@ def uint8_images(dataset, size: int) -> tuple:
             raise ValueError(f'{size}-pixel images are too large to hold on the device; '
                              f'only sets of images up to {SMALL_IMAGE_MAX} px are')
         images = np.empty((len(dataset.samples), size, size, 3), dtype=np.uint8)
+        fit = fit_to_size(size)  # what the classic small-image transforms apply first
         for i, (path, _) in enumerate(dataset.samples):
-            images[i] = np.asarray(_resize_center_crop(dataset.loader(path).convert('RGB'), size))
+            images[i] = np.asarray(fit(dataset.loader(path).convert('RGB')))
         return images, [int(t) for _, t in dataset.samples]
     raise ValueError(f'{type(dataset).__name__} cannot be held on the device (needs an array-backed '
                      'set or an image folder of small images)')
-
-
-def _resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """torchvision's Resize(size) + CenterCrop(size) on a PIL image."""
-    from torchvision.transforms import functional as TF
-    return TF.center_crop(TF.resize(image, size), size)
 
 
 class DeviceImageLoader:

@@ -9,6 +9,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_IMAGE_MAX = 64
 
 
+def fit_to_size(size):
+    """Resize of the shorter side to ``size``, then CenterCrop(size): any image to size x size."""
+    return T.Compose([T.Resize(size), T.CenterCrop(size)])
+
+
 def small_image_transforms(mean, std, size=32, resize=False):
     """CIFAR-style ``(train, eval)`` transforms.
 
@@ -17,7 +22,7 @@ def small_image_transforms(mean, std, size=32, resize=False):
     ``size x size`` (Resize of the shorter side + CenterCrop), for image folders
     whose images may not all share the detected size.
     """
-    pre = [T.Resize(size), T.CenterCrop(size)] if resize else []
+    pre = [fit_to_size(size)] if resize else []
     post = [T.ToTensor(), T.Normalize(mean, std)]
     train = T.Compose(pre + [T.RandomCrop(size, padding=max(1, size // 8)),
                              T.RandomHorizontalFlip()] + post)

@@ -72,25 +72,27 @@ def make_loaders(opt, train_set, val_set, device, data=None):
     `--data_on_device` (needs `data`, the DataBundle): both sets as uint8 on the device instead.
     """
     generator = torch.Generator()
+    train_sampler, val_sampler = _samplers(opt, train_set, val_set)
     if getattr(opt, 'data_on_device', False):
-        return _device_loaders(opt, train_set, data, device, generator)
-    pin = device.type == 'cuda'
-    common = dict(num_workers=opt.num_workers, pin_memory=pin,
+        return _device_loaders(opt, train_set, data, device, generator, train_sampler, val_sampler)
+    common = dict(batch_size=opt.batch_size, num_workers=opt.num_workers, pin_memory=device.type == 'cuda',
                   persistent_workers=False)
-    if distributed.world_size() > 1:
-        sampler = DistributedSampler(train_set, shuffle=True, seed=opt.seed)
-        train_loader = torch.utils.data.DataLoader(train_set, batch_size=opt.batch_size, sampler=sampler,
-                                                   generator=generator, **common)
-        val_loader = torch.utils.data.DataLoader(val_set, batch_size=opt.batch_size,
-                                                 sampler=distributed.ShardSampler(len(val_set)), **common)
-        return train_loader, val_loader, generator
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=opt.batch_size, shuffle=True,
+    # a sampler, when there is one, gives the order (shuffle must then stay off)
+    train_loader = torch.utils.data.DataLoader(train_set, shuffle=train_sampler is None, sampler=train_sampler,
                                                generator=generator, **common)
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=opt.batch_size, shuffle=False, **common)
+    val_loader = torch.utils.data.DataLoader(val_set, shuffle=False, sampler=val_sampler, **common)
     return train_loader, val_loader, generator
 
 
-def _device_loaders(opt, train_set, data, device, generator):
+def _samplers(opt, train_set, val_set) -> tuple:
+    """(training, evaluation) samplers of a distributed run; (None, None) in one process."""
+    if distributed.world_size() == 1:
+        return None, None
+    return (DistributedSampler(train_set, shuffle=True, seed=opt.seed),
+            distributed.ShardSampler(len(val_set)))
+
+
+def _device_loaders(opt, train_set, data, device, generator, train_sampler, val_sampler):
     if train_set is not data.train:
         raise ConfigError(f'--data_on_device cannot feed --distill {opt.distill}: it reads per-sample '
                           'indices through its own data set wrapper; drop --data_on_device')
@@ -101,15 +103,10 @@ def _device_loaders(opt, train_set, data, device, generator):
         except ValueError as exc:
             raise ConfigError(f'--data_on_device: {exc}; drop --data_on_device for --dataset '
                               f'{opt.dataset}') from None
-    if distributed.world_size() > 1:
-        samplers = (DistributedSampler(data.train, shuffle=True, seed=opt.seed),
-                    distributed.ShardSampler(len(data.val)))
-    else:
-        samplers = (None, None)
     common = dict(mean=data.mean, std=data.std, batch_size=opt.batch_size, device=device,
                   channels_last=opt.channels_last)
-    train_loader = DeviceImageLoader(*arrays[0], train=True, generator=generator, sampler=samplers[0], **common)
-    val_loader = DeviceImageLoader(*arrays[1], train=False, sampler=samplers[1], **common)
+    train_loader = DeviceImageLoader(*arrays[0], train=True, generator=generator, sampler=train_sampler, **common)
+    val_loader = DeviceImageLoader(*arrays[1], train=False, sampler=val_sampler, **common)
     return train_loader, val_loader, generator
 
 
@@ -374,7 +371,7 @@ def _student(opt) -> dict:
     if resume:
         trainer.resume(resume)
     elif not opt.skip_validation:
-        teacher_acc = validate(teacher, loaders[1], device, StepOptions.from_opt(opt))
+        teacher_acc = validate(teacher, loaders[1], device, trainer.step_options)
         print(f'teacher {teacher_arch} test top1 {teacher_acc["top1"]:.2f}')
         run.write_json('teacher_accuracy.json', teacher_acc)
     print(f'distilling {teacher_arch} -> {student_arch} with {opt.distill} on {device}; run folder {run.path}')
