@@ -28,7 +28,7 @@ def distiller_names() -> tuple:
 
 def distiller_class(name: str) -> type:
     if name not in _REGISTRY:
-        from helper.errors import ConfigError
+        from runtime.errors import ConfigError
         raise ConfigError(f'--distill {name} is not built yet; available: {", ".join(_REGISTRY)}')
     module, cls = _REGISTRY[name].split(':')
     return getattr(importlib.import_module(module), cls)

@@ -2,7 +2,7 @@
 
 1. The teacher's layer-by-layer CKA matrix is computed on training data (minibatch CKA over
    `--cka_batches` batches) and its layers are split into n contiguous groups by that matrix
-   (`helper.cka_groups.contiguous_groups`, exact DP).
+   (`cka.grouping.contiguous_groups`, exact DP).
 2. The student's layers are split into n contiguous groups too (`--cka_student_split`: even, or
    in proportion to the teacher's group sizes); group i of the student is paired with group i of
    the teacher.
@@ -26,11 +26,11 @@ from torch import nn
 
 from distiller_zoo.base import Batch, DistillContext, Distiller, ModelOutputs
 from helper import distributed
-from helper.cka import CKAAccumulator, cka_from_grams, normalized_grams
-from helper.cka_groups import (auto_n_groups, boundary_stability, contiguous_groups, even_split,
+from cka.estimators import CKAAccumulator, cka_from_grams, normalized_grams
+from cka.grouping import (auto_n_groups, boundary_stability, contiguous_groups, even_split,
                                groups_to_json, proportional_split, validate_groups)
-from helper.errors import ConfigError
-from helper.heatmap import heatmap_image, save_heatmap_png
+from runtime.errors import ConfigError
+from cka.heatmap import heatmap_image, save_heatmap_png
 from models import feature_shapes
 from models.taps import FeatureTap
 
@@ -158,7 +158,7 @@ def load_group_file(path: str, layer_names: Sequence[str], kind: str) -> dict:
         names, groups = record['layer_names'], record['groups']
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f'--cka_group_file {path!r} is not a cka_groups.json file '
-                          f'({type(exc).__name__}: {exc}); write one with python -m helper.cka_groups') from None
+                          f'({type(exc).__name__}: {exc}); write one with python -m helper.teacher_groups') from None
     if list(names) != list(layer_names):
         raise ConfigError(f'--cka_group_file {path!r} names {len(names)} layers that do not match the '
                           f"teacher's {len(layer_names)} {kind.rstrip('s')}-level layers; recompute it for this "

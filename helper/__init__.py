@@ -1,1 +1,1 @@
-"""Training helpers; CKA math (cka), contiguous grouping (cka_groups), heatmaps (heatmap)."""
+"""Training helpers: options, loops, checkpoints, run folder, CKA monitor, teacher groups."""

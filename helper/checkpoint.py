@@ -13,7 +13,7 @@ import re
 import torch
 
 import models
-from helper.errors import ConfigError
+from runtime.errors import ConfigError
 
 
 def save_atomic(obj: dict, path: str) -> None:

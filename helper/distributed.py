@@ -10,7 +10,7 @@ Two ways to start N processes, one code path once they run (see docs/DISTRIBUTED
 NCCL on GPUs, gloo on CPU, so the tests run the same code on CPU. Every helper here is a no-op (or
 the identity) in a single process, so callers need no `if distributed` branches.
 
-Imports nothing from the project but `helper.errors`, so `crd/` and `distiller_zoo/` may use it.
+Imports nothing from the project but `runtime.errors`, so `crd/` and `distiller_zoo/` may use it.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from helper.errors import ConfigError
+from runtime.errors import ConfigError
 
 TORCHRUN_VARIABLES = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')
 DEFAULT_TIMEOUT_S = 1800

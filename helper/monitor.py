@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from distiller_zoo.ckagroup import GROUPS_FILE, CKAGroupLoss, LayerOutputs, log_group_cka, resolve_groups
-from helper.cka import CKAAccumulator
-from helper.errors import ConfigError
+from cka.estimators import CKAAccumulator
+from runtime.errors import ConfigError
 
 MONITOR_FILE = 'cka_monitor.json'
 

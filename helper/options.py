@@ -9,7 +9,7 @@ import argparse
 import os
 
 from dataset import DATASET_NAMES
-from helper.errors import ConfigError
+from runtime.errors import ConfigError
 
 DISTILL_METHODS = ('kd', 'hint', 'attention', 'similarity', 'vid', 'crd', 'semckd', 'srrl',
                    'simkd', 'ckagroup')
@@ -102,7 +102,7 @@ def student_parser() -> argparse.ArgumentParser:
     add('--skip-validation', action='store_true', help='skip validation of teacher')
     # ckagroup
     add('--cka_groups', type=str, default='4', help="number of layer groups n, or 'auto'")
-    add('--cka_group_file', type=str, default=None, help='cka_groups.json from python -m helper.cka_groups')
+    add('--cka_group_file', type=str, default=None, help='cka_groups.json from python -m helper.teacher_groups')
     add('--cka_batches', type=int, default=10, help='training batches used to compute the teacher groups')
     add('--cka_layers', type=str, default='blocks', choices=['blocks', 'stages'])
     add('--cka_estimator', type=str, default='debiased', choices=['biased', 'debiased'])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from helper.errors import ConfigError
+from runtime.errors import ConfigError
 
 OPTIONS_FILE = 'options.json'
 METRICS_FILE = 'metrics.json'

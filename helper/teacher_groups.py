@@ -1,6 +1,6 @@
-"""`python -m helper.cka_groups`: a teacher's CKA matrix, its contiguous groups and a heatmap.
+"""`python -m helper.teacher_groups`: a teacher's CKA matrix, its contiguous groups and a heatmap.
 
-    python -m helper.cka_groups --path_t CKPT --dataset D [--data_folder F] \
+    python -m helper.teacher_groups --path_t CKPT --dataset D [--data_folder F] \
         --n_groups N|auto --batches K --out DIR
 
 writes DIR/cka_groups.json (layer names, the teacher matrix, the groups, every setting, and how
@@ -20,13 +20,13 @@ import numpy as np
 from dataset import DATASET_NAMES
 from distiller_zoo.ckagroup import GROUPS_FILE, LayerOutputs, compute_teacher_groups, parse_n_groups
 from helper.checkpoint import load_teacher
-from helper.errors import ConfigError
-from helper.heatmap import save_heatmap_png
+from runtime.errors import ConfigError
+from cka.heatmap import save_heatmap_png
 from helper.train import load_data, select_device
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser('python -m helper.cka_groups', description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser('python -m helper.teacher_groups', description=__doc__.split('\n')[0])
     p.add_argument('--path_t', required=True, help='teacher checkpoint')
     p.add_argument('--dataset', default='cifar100', choices=DATASET_NAMES)
     p.add_argument('--data_folder', default='./data')
@@ -75,3 +75,7 @@ def main(argv=None) -> int:
         print(f'error: {exc}', file=sys.stderr)
         return 2
     return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

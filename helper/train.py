@@ -16,7 +16,7 @@ from distiller_zoo import DistillContext, build_distiller
 from helper import distributed
 from helper import options as options_mod
 from helper.checkpoint import freeze, load_checkpoint, load_teacher, save_atomic
-from helper.errors import ConfigError
+from runtime.errors import ConfigError
 from helper.loops import CrossEntropyObjective, DistillObjective, StepOptions, train_epoch, validate
 from helper.monitor import build_monitor
 from helper.run_folder import LAST_CKPT, RunFolder

@@ -4,7 +4,7 @@
 
 Features: block-level outputs (``model.block_layer_names()``, via ``models.taps.FeatureTap``) of
 untrained models on random inputs, computed once under ``no_grad``. Timed: the student x teacher
-CKA matrix for each estimator, (a) with ``helper.cka.cka_matrix`` (each layer's Gram computed once,
+CKA matrix for each estimator, (a) with ``cka.estimators.cka_matrix`` (each layer's Gram computed once,
 equal-shape layers in one batched product, all pairs in one matrix product) and (b) with the
 per-pair loop below, which recomputes both Grams for every pair (the baseline). Fastest of
 ``--repeats`` interleaved runs after one warm-up. Both must agree to 1e-4.
@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models  # noqa: E402
 from models.taps import FeatureTap  # noqa: E402
-from helper.cka import cka_matrix  # noqa: E402
+from cka.estimators import cka_matrix  # noqa: E402
 
 
 # ------------------------------------------------------------------ baseline: one pair at a time

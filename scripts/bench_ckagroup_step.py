@@ -9,7 +9,7 @@ same random batch, timed alternately so that machine noise hits both alike. Prin
 final ratio line (median ckagroup step / median kd step). Targets: <= 1.10 on CPU, <= 1.25 on an
 H100/H200 at batch 64. The models are untrained: in eval mode the teacher's deeper block outputs
 carry offsets (trace(K) / trace(HKH) up to 50) that send them through the shifted-Gram path of
-helper.cka, which a trained teacher's (about 2) skip, so the ratio is on the pessimistic side.
+cka.estimators, which a trained teacher's (about 2) skip, so the ratio is on the pessimistic side.
 """
 import argparse
 import os

@@ -27,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helper.heatmap import heatmap_image  # noqa: E402
+from cka.heatmap import heatmap_image  # noqa: E402
 from helper.train import run_student  # noqa: E402
 
 MAIN_ROWS = ('student', 'kd', 'ckagroup')

@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import models  # noqa: E402
 from distiller_zoo.ckagroup import CKAGroupLoss, LayerOutputs  # noqa: E402
 from helper.checkpoint import load_teacher  # noqa: E402
-from helper.cka import CKAAccumulator  # noqa: E402
-from helper.cka_groups import boundary_stability, contiguous_groups, even_split  # noqa: E402
+from cka.estimators import CKAAccumulator  # noqa: E402
+from cka.grouping import boundary_stability, contiguous_groups, even_split  # noqa: E402
 from helper.train import load_data  # noqa: E402
 
 

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helper.heatmap import heatmap_image  # noqa: E402
+from cka.heatmap import heatmap_image  # noqa: E402
 
 FILES = {'monitor': 'cka_monitor.json', 'ckagroup': 'cka_matrices.json'}
 GROUP_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from helper.cka import (CKAAccumulator, cka, cka_from_grams, cka_matrix, hsic_terms,
+from cka.estimators import (CKAAccumulator, cka, cka_from_grams, cka_matrix, hsic_terms,
                         normalized_grams)
 
 ESTIMATORS = [("linear", False), ("linear", True), ("rbf", False), ("rbf", True)]
@@ -183,7 +183,7 @@ def test_raw_gram_only_for_small_offsets(monkeypatch, debiased):
     """A layer with a moderate offset (trace(K) / trace(HKH) about 13, under the limit of 16)
     skips the shifted copy and stays within float32 precision of float64; a layer of the same
     width with a large offset, and only that one, is shifted."""
-    import helper.cka as cka_module
+    import cka.estimators as cka_module
     calls = []
     original = cka_module._group_grams
     monkeypatch.setattr(cka_module, "_group_grams", lambda flat, idx, *a, **k:
@@ -218,7 +218,7 @@ def test_huge_and_tiny_scales(kernel, debiased, scale, batched):
 def test_channels_last_maps_flattened_without_copy(monkeypatch, debiased):
     """A channels_last map gives the CKA of its NCHW self (feature order does not matter) and is
     flattened as a view, not a transposing copy."""
-    import helper.cka as cka_module
+    import cka.estimators as cka_module
     g = torch.Generator().manual_seed(12)
     x = torch.randn(10, 4, 5, 6, generator=g)
     y = torch.randn(10, 3, 5, 6, generator=g) + x[:, :3]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helper.cka_groups import (auto_n_groups, boundary_stability, contiguous_groups, even_split,
+from cka.grouping import (auto_n_groups, boundary_stability, contiguous_groups, even_split,
                                group_boundaries, grouping_objective, groups_from_sizes,
                                groups_to_json, proportional_split, silhouette)
 
@@ -183,7 +183,7 @@ def test_groups_to_json():
 
 def test_pipeline_accumulator_to_groups():
     """Teacher-like layers from two latent sources -> pooled minibatch CKA -> groups, stability."""
-    from helper.cka import CKAAccumulator
+    from cka.estimators import CKAAccumulator
     g = torch.Generator().manual_seed(5)
     acc = CKAAccumulator("linear", debiased=True, keep_per_batch=True)
     for _ in range(3):

@@ -176,7 +176,7 @@ def test_bad_inputs_fail_before_training(tmp_path, capsys):
 def test_group_file_from_cli_is_accepted(tmp_path):
     path_t = _save_teacher(tmp_path, 'resnet8')
     out = tmp_path / 'groups'
-    result = subprocess.run([sys.executable, '-m', 'helper.cka_groups', '--path_t', str(path_t),
+    result = subprocess.run([sys.executable, '-m', 'helper.teacher_groups', '--path_t', str(path_t),
                              '--dataset', 'synthetic', '--train_per_class', '12', '--n_groups', '2',
                              '--batches', '3', '--batch_size', '16', '--out', str(out), '--device', 'cpu'],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from crd.memory import ContrastMemory
 from helper import distributed
-from helper.errors import ConfigError
+from runtime.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 100 training images: 50 per rank, batches of 16, 16, 16, 2; 50 test images, 25 per rank.

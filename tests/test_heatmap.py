@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helper.heatmap import ANCHORS, colormap, heatmap_image, heatmap_layout, save_heatmap_png
+from cka.heatmap import ANCHORS, colormap, heatmap_image, heatmap_layout, save_heatmap_png
 
 RED = np.array([255, 0, 0], dtype=np.uint8)
 

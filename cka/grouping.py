@@ -304,11 +304,3 @@ def groups_to_json(layer_names: Sequence[str], matrix, groups: Sequence[Sequence
         "stability": stability,
     }
 
-
-if __name__ == "__main__":
-    # The command needs teachers and data; its wiring lives one layer up, in helper.teacher_groups.
-    import sys
-
-    from helper.teacher_groups import main
-
-    sys.exit(main())
