@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from helper import distributed
+from runtime import collectives
 
 
 class ContrastMemory(nn.Module):
@@ -76,7 +76,7 @@ class ContrastMemory(nn.Module):
 
         if self.training:
             with torch.no_grad():
-                if distributed.world_size() > 1:
+                if collectives.world_size() > 1:
                     v_s, v_t, idx = _gather_updates(v_s, v_t, idx)
                 self._update(self.memory_s, v_s, idx)
                 self._update(self.memory_t, v_t, idx)
@@ -90,17 +90,17 @@ class ContrastMemory(nn.Module):
 def _global_mean(out: torch.Tensor) -> float:
     """Mean of `out` over every rank's batch (the local mean in one process)."""
     out = out.detach()
-    if distributed.world_size() == 1:
+    if collectives.world_size() == 1:
         return out.mean().item()
     totals = torch.stack([out.sum().double(), torch.tensor(float(out.numel()), dtype=torch.float64,
                                                            device=out.device)])
-    distributed.all_reduce_sum(totals)
+    collectives.all_reduce_sum(totals)
     return (totals[0] / totals[1]).item()
 
 
 def _gather_updates(v_s: torch.Tensor, v_t: torch.Tensor, idx: torch.Tensor):
     """Every rank's (v_s, v_t, idx), concatenated in rank order, each index kept once."""
-    v_s, v_t, idx = distributed.gather_rows([v_s.detach(), v_t.detach(), idx])
+    v_s, v_t, idx = collectives.gather_rows([v_s.detach(), v_t.detach(), idx])
     unique, inverse = torch.unique(idx, return_inverse=True)
     positions = torch.arange(idx.shape[0], device=idx.device)
     first = torch.full_like(unique, idx.shape[0]).scatter_reduce_(0, inverse, positions, reduce='amin')

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from distiller_zoo.base import Batch, DistillContext, Distiller, ModelOutputs
-from helper import distributed
+from runtime import collectives
 from cka.estimators import CKAAccumulator, cka_from_grams, normalized_grams
 from cka.grouping import (auto_n_groups, boundary_stability, contiguous_groups, even_split,
                                groups_to_json, proportional_split, validate_groups)
@@ -273,7 +273,7 @@ def resolve_groups(ctx: DistillContext, student_layers: LayerOutputs, teacher_la
             raise ConfigError('grouping the teacher needs training data, or --cka_group_file')
         # Distributed: rank 0 groups the teacher and sends the record, so that every rank
         # pairs the same groups (its errors are raised on every rank).
-        record = distributed.run_on_main(lambda: compute_teacher_groups(
+        record = collectives.run_on_main(lambda: compute_teacher_groups(
             ctx.teacher, teacher_layers, ctx.eval_train_set(), n, opt.cka_batches,
             opt.batch_size, opt.cka_kernel, debiased, opt.seed, ctx.device,
             max_groups=len(student_layers), extra_settings={'teacher': ctx.teacher_name}))
@@ -342,7 +342,7 @@ class CKAGroupDistiller(Distiller):
     def _epoch_totals(self) -> tuple:
         """(matrix sum, group sum, batches) of the epoch, added over the ranks when distributed:
         the logged matrix is then the mean over every rank's batches."""
-        if distributed.world_size() == 1:
+        if collectives.world_size() == 1:
             return self._matrix_sum, self._group_sum, self._batches
         rows, cols, n = len(self.student_layers), len(self.teacher_layers), len(self.teacher_groups)
         device = self._matrix_sum.device if self._matrix_sum is not None else self._device
@@ -350,7 +350,7 @@ class CKAGroupDistiller(Distiller):
         if self._batches:
             packed[:-1] = torch.cat([self._matrix_sum.reshape(-1), self._group_sum]).double()
             packed[-1] = self._batches
-        distributed.all_reduce_sum(packed)
+        collectives.all_reduce_sum(packed)
         batches = int(round(packed[-1].item()))
         return packed[:rows * cols].view(rows, cols), packed[rows * cols:-1], batches
 
@@ -402,8 +402,8 @@ def gather_layer_outputs(student_feats: Sequence[torch.Tensor], teacher_feats: S
     DDP's averaging then yields the gradient of the global-batch CKA term). Communication per
     step: the sum of all tapped layer sizes x the global batch, forward, and the student's part
     again backward. The identity in a single process."""
-    return (distributed.gather_rows(student_feats, with_grad=True),
-            distributed.gather_rows(teacher_feats, with_grad=False))
+    return (collectives.gather_rows(student_feats, with_grad=True),
+            collectives.gather_rows(teacher_feats, with_grad=False))
 
 
 def _read_json(path: str) -> list:

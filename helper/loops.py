@@ -17,7 +17,7 @@ from torch import nn
 
 from distiller_zoo.base import Batch, Distiller, ModelOutputs
 from distiller_zoo.kd import kd_loss
-from helper import distributed
+from runtime import collectives
 
 
 def to_batch(data, device, memory_format=torch.contiguous_format) -> Batch:
@@ -179,20 +179,20 @@ class _Sums:
 
     def totals(self) -> tuple:
         """(sums, count) over every rank: plain floats and an int."""
-        if distributed.world_size() == 1:
+        if collectives.world_size() == 1:
             return {k: float(v) for k, v in self.values.items()}, self.count
-        keys = sorted({k for ks in distributed.all_gather_object(sorted(self.values)) for k in ks})
-        device = next(iter(self.values.values())).device if self.values else distributed.device()
+        keys = sorted({k for ks in collectives.all_gather_object(sorted(self.values)) for k in ks})
+        device = next(iter(self.values.values())).device if self.values else collectives.device()
         zero = torch.zeros((), device=device)
         vector = torch.stack([self.values.get(k, zero).to(device).double() for k in keys]
                              + [torch.tensor(float(self.count), device=device, dtype=torch.float64)])
-        distributed.all_reduce_sum(vector)
+        collectives.all_reduce_sum(vector)
         values = vector.tolist()
         return dict(zip(keys, values[:-1])), int(round(values[-1]))
 
     def means(self) -> dict:
         """Means over every rank; `self.total_count` is then the sample count behind them."""
-        if distributed.world_size() == 1:
+        if collectives.world_size() == 1:
             self.total_count = self.count
             return {k: float(v) / max(self.count, 1) for k, v in self.values.items()}
         totals, self.total_count = self.totals()
@@ -224,13 +224,13 @@ def train_epoch(epoch: int, loader, objective, optimizer, device, print_freq: in
         if step % print_freq == 0 or step == n_batches:
             means = sums.means()
             if not math.isfinite(means['loss']):  # the same on every rank: all stop together
-                raise distributed.collective_error(f'the loss became {means["loss"]} in epoch {epoch} by batch {step}; '
+                raise collectives.collective_error(f'the loss became {means["loss"]} in epoch {epoch} by batch {step}; '
                                   'lower --learning_rate or the loss weights (-c/-d/-b); '
                                   'the last good checkpoint is kept')
             elapsed = time.time() - start
             rate = sums.total_count / max(elapsed, 1e-9)
             left = elapsed / step * (n_batches - step) + elapsed / step * n_batches * (total_epochs - epoch)
-            if distributed.is_main():
+            if collectives.is_main():
                 log(f'epoch {epoch} [{step}/{n_batches}] loss {means["loss"]:.4f} '
                     f'top1 {means["top1"]:.2f} {rate:.0f} img/s, about {left / 60:.1f} min left')
     means = sums.means()
@@ -244,7 +244,7 @@ def train_epoch(epoch: int, loader, objective, optimizer, device, print_freq: in
 def validate(predict, loader, device, step_options: StepOptions = StepOptions()) -> dict:
     """Top-1 / top-5 (%) and cross-entropy of `predict(images) -> logits` over `loader`.
 
-    Distributed: each rank evaluates its shard (helper.distributed.ShardSampler: every sample on
+    Distributed: each rank evaluates its shard (helper.collectives.ShardSampler: every sample on
     exactly one rank) and the sums and counts are added over ranks, so the result is that of one
     process evaluating the whole set.
     """

@@ -14,9 +14,10 @@ from dataset import DatasetUnavailableError, build_datasets
 from dataset.device_data import DeviceImageLoader, uint8_images
 from distiller_zoo import DistillContext, build_distiller
 from helper import distributed
+from runtime import collectives
 from helper import options as options_mod
 from helper.checkpoint import freeze, load_checkpoint, load_teacher, save_atomic
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, DistributedFailure
 from helper.loops import CrossEntropyObjective, DistillObjective, StepOptions, train_epoch, validate
 from helper.monitor import build_monitor
 from helper.run_folder import LAST_CKPT, RunFolder
@@ -86,10 +87,10 @@ def make_loaders(opt, train_set, val_set, device, data=None):
 
 def _samplers(opt, train_set, val_set) -> tuple:
     """(training, evaluation) samplers of a distributed run; (None, None) in one process."""
-    if distributed.world_size() == 1:
+    if collectives.world_size() == 1:
         return None, None
     return (DistributedSampler(train_set, shuffle=True, seed=opt.seed),
-            distributed.ShardSampler(len(val_set)))
+            collectives.ShardSampler(len(val_set)))
 
 
 def _device_loaders(opt, train_set, data, device, generator, train_sampler, val_sampler):
@@ -189,18 +190,18 @@ class Trainer:
         buffers (BN statistics) are broadcast from rank 0 after every epoch (`broadcast_buffers`
         at every forward would also send CRD's memory bank each step).
         """
-        if distributed.world_size() == 1 or self._wrapped:
+        if collectives.world_size() == 1 or self._wrapped:
             return
-        distributed.check_consistent({**self.consistency, 'the resumed epoch': self.start_epoch - 1,
+        collectives.check_consistent({**self.consistency, 'the resumed epoch': self.start_epoch - 1,
                                       'the resumed history': len(self.history)})
         find_unused = self.objective.find_unused_parameters
-        self.objective.distribute(lambda module: distributed.wrap_ddp(module, find_unused))
+        self.objective.distribute(lambda module: collectives.wrap_ddp(module, find_unused))
         self._wrapped = True
 
     def fit(self, end_epoch_hook=None) -> dict:
         opt = self.opt
         self._distribute()
-        rank = distributed.rank()
+        rank = collectives.rank()
         sampler = getattr(self.train_loader, 'sampler', None)
         for epoch in range(self.start_epoch, opt.epochs + 1):
             lr = lr_at(opt, epoch)
@@ -212,7 +213,7 @@ class Trainer:
                 sampler.set_epoch(epoch)
             train = train_epoch(epoch, self.train_loader, self.objective, self.optimizer, self.device,
                                 opt.print_freq, opt.epochs, step_options=self.step_options)
-            distributed.broadcast_buffers(self.objective.module)
+            collectives.broadcast_buffers(self.objective.module)
             extra = end_epoch_hook(epoch) if end_epoch_hook else {}
             for module in self.eval_modules:
                 module.eval()
@@ -223,7 +224,7 @@ class Trainer:
             is_best = test['top1'] > self.best_acc
             self.best_acc = max(self.best_acc, test['top1'])
             self.run.log_epoch(self.history, record)
-            if distributed.is_main():
+            if collectives.is_main():
                 print(f'epoch {epoch}: train top1 {train["top1"]:.2f} test top1 {test["top1"]:.2f} '
                       f'(best {self.best_acc:.2f}) lr {lr:g} {record["time"]:.1f}s', flush=True)
             if self.run.enabled:
@@ -235,12 +236,12 @@ class Trainer:
                    'last_top1': self.history[-1]['test/top1'] if self.history else None,
                    'last_top5': self.history[-1]['test/top5'] if self.history else None,
                    'epochs': len(self.history)}
-        if distributed.world_size() > 1:
-            summary['world_size'] = distributed.world_size()
-            summary['ranks_in_sync'] = distributed.states_identical(
+        if collectives.world_size() > 1:
+            summary['world_size'] = collectives.world_size()
+            summary['ranks_in_sync'] = collectives.states_identical(
                 self.model.state_dict(), *[m.state_dict() for m in self.extra_state.values()],
                 self.optimizer.state_dict())
-            if not summary['ranks_in_sync'] and distributed.is_main():
+            if not summary['ranks_in_sync'] and collectives.is_main():
                 print('warning: the ranks ended with different weights or optimiser states',
                       file=sys.stderr)
         self.run.write_json('summary.json', summary)
@@ -268,9 +269,9 @@ def _prepare(opt):
     configure_determinism(opt.deterministic)
     if opt.dali is not None:
         raise ConfigError('--dali is not supported; drop it (the default loader is used)')
-    device = distributed.device() if distributed.is_distributed() else select_device(opt.device)
-    if distributed.world_size() > 1:  # before any other collective: a mismatch could hang them
-        distributed.check_consistent(_option_values(opt))
+    device = collectives.device() if collectives.is_distributed() else select_device(opt.device)
+    if collectives.world_size() > 1:  # before any other collective: a mismatch could hang them
+        collectives.check_consistent(_option_values(opt))
     torch.manual_seed(opt.seed)
     return device
 
@@ -286,12 +287,12 @@ def _option_values(opt) -> dict:
 
 def _consistency(opt, data, teacher=None, ctx=None) -> dict:
     """What every rank of a distributed run must agree on (checked before training)."""
-    if distributed.world_size() == 1:
+    if collectives.world_size() == 1:
         return {}
     values = _option_values(opt)
     values.update({'the training images': len(data.train), 'the test images': len(data.val)})
     if teacher is not None:
-        values['the teacher weights'] = distributed.state_digest(teacher.state_dict())
+        values['the teacher weights'] = collectives.state_digest(teacher.state_dict())
     groups = ctx.extras.get('cka_groups') if ctx is not None else None  # ckagroup and the monitor
     if groups is not None:
         values['the teacher groups'] = groups['teacher_groups']
@@ -310,11 +311,11 @@ def run_student(argv=None) -> dict:
 
 def _teacher(opt) -> dict:
     device = _prepare(opt)
-    data = distributed.local_main_first(lambda: load_data(opt))
+    data = collectives.local_main_first(lambda: load_data(opt))
     model = build_student(opt.model, data.num_classes, opt.dataset)
     arch = models.resolve_model_name(opt.model, opt.dataset)
     run = RunFolder(os.path.join(opt.save_dir, 'teachers', options_mod.teacher_run_name(opt)),
-                    _plain(vars(opt)), resume=opt.resume is not None, enabled=distributed.is_main())
+                    _plain(vars(opt)), resume=opt.resume is not None, enabled=collectives.is_main())
     prepare_model(model.to(device), opt)
     loaders = make_loaders(opt, data.train, data.val, device, data)
     trainer = Trainer(opt, run, model, CrossEntropyObjective(model), model, model.parameters(),
@@ -336,13 +337,13 @@ def _student(opt) -> dict:
     device = _prepare(opt)
     if opt.path_t is None:
         raise ConfigError('--path_t is required: the teacher checkpoint to distil from')
-    data = distributed.local_main_first(lambda: load_data(opt))
+    data = collectives.local_main_first(lambda: load_data(opt))
     teacher, teacher_arch = load_teacher(opt.path_t, data.num_classes, opt.dataset, device)
     opt.model_t = teacher_arch
     student = build_student(opt.model_s, data.num_classes, opt.dataset).to(device)
     student_arch = models.resolve_model_name(opt.model_s, opt.dataset)
     run = RunFolder(os.path.join(opt.save_dir, 'students', options_mod.student_run_name(opt, teacher_arch)),
-                    _plain(vars(opt)), resume=opt.resume is not None, enabled=distributed.is_main())
+                    _plain(vars(opt)), resume=opt.resume is not None, enabled=collectives.is_main())
     ctx = DistillContext(student=student, teacher=teacher, student_name=student_arch,
                          teacher_name=teacher_arch, num_classes=data.num_classes,
                          input_shape=tuple(data.train[0][0].shape), num_train_samples=len(data.train),
@@ -391,7 +392,7 @@ def main(run, argv=None) -> int:
         if not getattr(exc, 'quiet', False):  # torchrun: rank 0 says what every rank found
             print(f'error: {exc}', file=sys.stderr)
         return 2
-    except distributed.DistributedFailure as exc:
+    except DistributedFailure as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
     return 0

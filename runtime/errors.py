@@ -1,5 +1,9 @@
-"""Errors caused by the user's input: the entry scripts print them as one line and exit 2."""
+"""Errors the entry scripts print as one line: the user's input (exit status 2), a failed rank (1)."""
 
 
 class ConfigError(Exception):
     """Bad options, a teacher that does not fit, impossible settings, a diverged run."""
+
+
+class DistributedFailure(RuntimeError):
+    """A rank ended abnormally (killed, crashed); the message is one line."""

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from crd.memory import ContrastMemory
 from helper import distributed
-from runtime.errors import ConfigError
+from runtime import collectives
+from runtime.errors import ConfigError, DistributedFailure
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 100 training images: 50 per rank, batches of 16, 16, 16, 2; 50 test images, 25 per rank.
@@ -145,7 +146,7 @@ def _collectives_worker(rank, url, out_dir):
     # Sharded evaluation of 11 samples (6 + 5, batches of 4).
     model, images, targets = _eval_problem()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, targets), batch_size=4,
-                                         sampler=distributed.ShardSampler(len(images)))
+                                         sampler=collectives.ShardSampler(len(images)))
     results['validate'] = validate(model, loader, torch.device('cpu'))
     # --cka_gather: rows 0-5 on rank 0, 6-9 on rank 1.
     student, teacher, rows = _cka_problem(rank)
@@ -161,7 +162,7 @@ def _collectives_worker(rank, url, out_dir):
     memory.train()
     memory(v_s[part], v_t[part], idx[part], contrast[part])
     results['crd'] = {k: v.clone() for k, v in memory.state_dict().items()}
-    results['crd_digest'] = distributed.state_digest(memory.state_dict())
+    results['crd_digest'] = collectives.state_digest(memory.state_dict())
     torch.save(results, os.path.join(out_dir, f'rank{rank}.pt'))
     distributed.cleanup()
 
@@ -215,7 +216,7 @@ def test_sharded_validation_counts_every_sample_once(collectives):
     whole = validate(model, loader, torch.device('cpu'))
     for result in collectives:
         assert result['validate'] == pytest.approx(whole, rel=1e-6)
-    assert [list(distributed.ShardSampler(11, r, 2)) for r in range(2)] == [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9]]
+    assert [list(collectives.ShardSampler(11, r, 2)) for r in range(2)] == [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9]]
 
 
 def test_cka_gather_equals_one_process_on_the_global_batch(collectives):
@@ -316,7 +317,7 @@ def test_port_in_use_is_one_line_and_quick(teacher_path, tmp_path):
         # The same port met inside a rank (a race after the check): one line naming --dist-url.
         with pytest.raises(ConfigError, match='--dist-url.*in use'):
             distributed.init_process('cpu', 0, 1, 0, url, f'--dist-url {url}', timeout_s=10)
-    assert not distributed.is_distributed()
+    assert not collectives.is_distributed()
 
 
 def _dying_worker(rank, url):
@@ -329,12 +330,12 @@ def _dying_worker(rank, url):
 
 def _mismatch_worker(rank, url):
     distributed.init_process('cpu', rank, 2, rank, url, 'test', 60)
-    distributed.check_consistent({'--learning_rate': 0.05, '--seed': rank})
+    collectives.check_consistent({'--learning_rate': 0.05, '--seed': rank})
 
 
 def test_a_dying_rank_stops_every_rank_with_one_line(tmp_path):
     start = time.time()
-    with pytest.raises(distributed.DistributedFailure) as info:
+    with pytest.raises(DistributedFailure) as info:
         distributed.spawn(_dying_worker, 2, (_store(tmp_path),))
     assert 'rank 1 of 2 died (exit status 3)' in str(info.value) and '\n' not in str(info.value)
     assert time.time() - start < 45
@@ -351,4 +352,4 @@ def test_a_rank_that_never_arrives_times_out(tmp_path):
     url = _store(tmp_path)
     with pytest.raises(ConfigError, match='timed out after 2 s.*--dist_timeout'):
         distributed.init_process('cpu', 0, 2, 0, url, f'--dist-url {url}', timeout_s=2)
-    assert not distributed.is_distributed()
+    assert not collectives.is_distributed()
