@@ -22,6 +22,7 @@ The DP is exact: tests compare it with a brute-force search over all C(L-1, n-1)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -39,6 +40,8 @@ __all__ = [
     "auto_n_groups",
     "boundary_stability",
     "groups_to_json",
+    "PairedGroups",
+    "pair_groups",
 ]
 
 OBJECTIVES = ("kmeans", "offdiag")
@@ -304,3 +307,36 @@ def groups_to_json(layer_names: Sequence[str], matrix, groups: Sequence[Sequence
         "stability": stability,
     }
 
+
+@dataclass
+class PairedGroups:
+    """Student group k paired with teacher group k (``student[k]``, ``teacher[k]``).
+
+    ``record``: the teacher's grouping as written to cka_groups.json (:func:`groups_to_json`),
+    whose ``groups`` are the teacher groups in layer order (``teacher`` may be reordered by the
+    pairing).
+    """
+
+    student: Groups
+    teacher: Groups
+    record: dict
+
+
+def pair_groups(num_student_layers: int, teacher_groups: Sequence[Sequence[int]], student_split: str = "even",
+                pairing: str = "forward") -> tuple:
+    """``(student_groups, teacher_groups)``: the student's ``num_student_layers`` split into as many
+    contiguous groups as the teacher has (``student_split``: ``'even'`` sizes, or
+    ``'proportional'`` to the teacher's group sizes), paired in order (``pairing='forward'``) or
+    first student group with last teacher group (``'reversed'``)."""
+    teacher_groups = [list(g) for g in teacher_groups]
+    if student_split == "proportional":
+        student_groups = proportional_split(num_student_layers, teacher_groups)
+    elif student_split == "even":
+        student_groups = even_split(num_student_layers, len(teacher_groups))
+    else:
+        raise ValueError(f"unknown student split {student_split!r}; valid: even, proportional")
+    if pairing == "reversed":
+        teacher_groups = teacher_groups[::-1]
+    elif pairing != "forward":
+        raise ValueError(f"unknown pairing {pairing!r}; valid: forward, reversed")
+    return student_groups, teacher_groups

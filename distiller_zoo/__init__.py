@@ -1,13 +1,18 @@
-"""Distillation methods: name -> Distiller class, all with the interface of `base.Distiller`."""
+"""Distillation methods: name -> Distiller class, all with the interface of `base.Distiller`.
+
+A new method is one line of `_REGISTRY` (its `--distill` name, its module and class); its flags
+come with its class (`add_options`), see docs/ARCHITECTURE.md.
+"""
 import importlib
 
 from distiller_zoo.base import Batch, DistillContext, Distiller, ModelOutputs
 from distiller_zoo.kd import KD, kd_loss
+from runtime.errors import ConfigError
 
 __all__ = ['Batch', 'DistillContext', 'Distiller', 'KD', 'ModelOutputs', 'build_distiller',
            'distiller_class', 'distiller_names', 'kd_loss']
 
-# Imported on demand so that one method's optional pieces never slow down or break another.
+# `--distill` name -> 'module:Class', in the order of the --distill choices; imported on demand.
 _REGISTRY = {
     'kd': 'distiller_zoo.kd:KD',
     'hint': 'distiller_zoo.fitnet:HintDistiller',
@@ -28,7 +33,6 @@ def distiller_names() -> tuple:
 
 def distiller_class(name: str) -> type:
     if name not in _REGISTRY:
-        from runtime.errors import ConfigError
         raise ConfigError(f'--distill {name} is not built yet; available: {", ".join(_REGISTRY)}')
     module, cls = _REGISTRY[name].split(':')
     return getattr(importlib.import_module(module), cls)

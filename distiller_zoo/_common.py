@@ -10,13 +10,6 @@ from torch import nn
 import models
 
 
-def opt_get(ctx, name: str, default):
-    """`ctx.opt.<name>`, or `default` when the option is absent (or opt is None)."""
-    opt = getattr(ctx, "opt", None)
-    value = getattr(opt, name, None) if opt is not None else None
-    return default if value is None else value
-
-
 def feature_shapes(model: nn.Module, input_shape: Sequence[int]) -> List[Tuple[int, ...]]:
     """Per-sample shapes (no batch dimension) of `model(x, is_feat=True)` features
     (`models.feature_shapes`: eval mode, no_grad, train/eval mode restored)."""

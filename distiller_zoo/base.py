@@ -1,17 +1,24 @@
 """The one interface every distillation method implements.
 
 The training loop knows nothing method-specific: it asks the distiller what to compute
-(`needs_feats`, `needs_preact`), calls it with student and teacher outputs, and adds
-`beta * sum(terms)` to the usual `cls * CE + div * KD` loss.
+(`needs_feats`, `needs_preact`, `taps`), calls it with student and teacher outputs, and adds
+`beta * sum(terms)` to the usual `cls * CE + div * KD` loss. A method declares its command-line
+flags once (`add_options`); `helper.options` collects them from the registry.
+
+Nothing here imports `helper/`: what a distiller needs from the run is in its `DistillContext`
+(the contrastive data set wrapper, the paired CKA groups) or in the bottom package `runtime/`
+(the user-error type, the collectives).
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
+
+from cka import PairedGroups
 
 
 @dataclass
@@ -20,6 +27,7 @@ class ModelOutputs:
 
     logits: torch.Tensor
     feats: Optional[list] = None  # is_feat stage outputs, then the pooled vector
+    blocks: Optional[list] = None  # block-level layer outputs (`taps = 'blocks'`), in block_layer_names order
 
 
 @dataclass
@@ -31,7 +39,7 @@ class Batch:
 
 @dataclass
 class DistillContext:
-    """Everything a distiller may need to build itself, gathered once by the entry script."""
+    """Everything a distiller may need to build itself, gathered once by `helper.train`."""
 
     student: nn.Module
     teacher: nn.Module
@@ -42,10 +50,11 @@ class DistillContext:
     num_train_samples: int
     device: torch.device
     opt: argparse.Namespace
-    run_dir: Optional[str] = None
-    # Returns the training set with evaluation transforms, for methods that precompute from data.
-    eval_train_set: Optional[Callable] = None
-    extras: dict = field(default_factory=dict)
+    # The teacher's CKA groups paired with the student's (`needs_teacher_groups`), computed or
+    # loaded by helper.teacher_groups before the distiller is built.
+    groups: Optional[PairedGroups] = None
+    # `(dataset, k, mode) -> dataset` adding CRD's sample and contrast indices (dataset.ContrastiveDataset).
+    contrastive_dataset: Optional[Callable] = None
 
 
 class Distiller(nn.Module):
@@ -55,8 +64,19 @@ class Distiller(nn.Module):
     are never handed to the optimiser, saved with the distiller, or wrapped for training.
     """
 
-    needs_feats = False
+    needs_feats = False  # call the models with is_feat=True: ModelOutputs.feats
     needs_preact = False
+    taps: Optional[str] = None  # 'blocks': the loop hooks block_layer_names() around each forward
+    needs_teacher_groups = False  # ctx.groups must hold the paired CKA groups
+
+    @classmethod
+    def add_options(cls, parser) -> None:
+        """Add the method's own flags, with their defaults, to `parser` (an argparse group)."""
+
+    @classmethod
+    def check_options(cls, opt) -> None:
+        """Refuse bad values of the method's flags as soon as they are parsed (`ConfigError`),
+        when the check needs neither models nor data."""
 
     def __init__(self, ctx: DistillContext):
         super().__init__()

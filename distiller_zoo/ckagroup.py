@@ -1,14 +1,13 @@
 """CKA-group distillation: make the student's processing flow resemble the teacher's.
 
-1. The teacher's layer-by-layer CKA matrix is computed on training data (minibatch CKA over
-   `--cka_batches` batches) and its layers are split into n contiguous groups by that matrix
-   (`cka.grouping.contiguous_groups`, exact DP).
-2. The student's layers are split into n contiguous groups too (`--cka_student_split`: even, or
-   in proportion to the teacher's group sizes); group i of the student is paired with group i of
-   the teacher.
-3. Each batch: the L_s x L_t CKA matrix between student and teacher layer outputs; each diagonal
-   group block is reduced to CKA_Gi (`--cka_reduce`), and the loss is the aggregate
-   (`--cka_agg`) of 1 - CKA_Gi. The teacher's features carry no gradient.
+1. Before training, `helper.teacher_groups` splits the teacher's layers into n contiguous groups
+   by its layer-by-layer CKA matrix (or loads them from --cka_group_file, or from the run folder
+   on resume), splits the student's layers into n contiguous groups too (`--cka_student_split`:
+   even, or in proportion to the teacher's group sizes), and pairs group i of the student with
+   group i of the teacher; the pairing reaches the distiller as `ctx.groups`.
+2. Each batch: the L_s x L_t CKA matrix between student and teacher layer outputs; each paired
+   group block is reduced to CKA_Gi (`--cka_reduce`), and the loss is the aggregate (`--cka_agg`)
+   of 1 - CKA_Gi. The teacher's features carry no gradient.
 
 The Grams of every layer are needed whatever the grouping (groups cover all layers); the products
 between them are one matrix multiplication for all pairs, cheaper in kernel launches than one per
@@ -16,172 +15,34 @@ block, and the full matrix is what the epoch heatmap shows.
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import List, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
+import models
+from cka import cka_from_grams, normalized_grams, validate_groups
 from distiller_zoo.base import Batch, DistillContext, Distiller, ModelOutputs
 from runtime import collectives
-from cka.estimators import CKAAccumulator, cka_from_grams, normalized_grams
-from cka.grouping import (auto_n_groups, boundary_stability, contiguous_groups, even_split,
-                               groups_to_json, proportional_split, validate_groups)
 from runtime.errors import ConfigError
-from cka.heatmap import heatmap_image, save_heatmap_png
-from models import feature_shapes
-from models.taps import FeatureTap
 
-GROUPS_FILE = 'cka_groups.json'
 MATRICES_FILE = 'cka_matrices.json'
 
 
-class LayerOutputs:
-    """The layer outputs CKA compares: block-level taps (forward hooks) or the is_feat stages.
-
-    `collect(model, images)` runs one forward pass and returns the outputs, hooks attached only
-    for that pass. For training, `attach()` keeps the hooks on so that the loop's own forward pass
-    records the outputs, and `take(out)` hands them over.
-    """
-
-    def __init__(self, model: nn.Module, kind: str, input_shape: Sequence[int]):
-        self.kind, self.model, self.tap = kind, model, None
-        if kind == 'blocks':
-            self.names = list(model.block_layer_names())
-        elif kind == 'stages':
-            num_stages = len(feature_shapes(model, input_shape)) - 1  # the pooled vector excluded
-            self.names = [f'is_feat[{i}]' for i in range(num_stages)]
-        else:
-            raise ConfigError(f"--cka_layers {kind}: use 'blocks' or 'stages'")
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def attach(self) -> 'LayerOutputs':
-        if self.kind == 'blocks' and self.tap is None:
-            self.tap = FeatureTap(self.model, self.names)
-        return self
-
-    def take(self, out: ModelOutputs) -> List[torch.Tensor]:
-        """The layer outputs of the forward pass that produced `out`; drops the tap's references."""
-        if self.kind == 'stages':
-            return list(out.feats[:-1])
-        feats = self.tap.outputs
-        self.tap.clear()
-        return feats
-
-    @torch.no_grad()
-    def collect(self, model: nn.Module, images: torch.Tensor) -> List[torch.Tensor]:
-        if self.kind == 'stages':
-            feats, _ = model(images, is_feat=True)
-            return list(feats[:-1])
-        with FeatureTap(model, self.names) as tap:
-            model(images)
-            return tap.outputs
-
-
-def parse_n_groups(value) -> Optional[int]:
-    """`--cka_groups`: a positive integer, or 'auto' (returned as None)."""
-    if str(value).lower() == 'auto':
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise ConfigError(f"--cka_groups {value!r}: give a positive integer or 'auto'") from None
-    if n < 1:
-        raise ConfigError(f'--cka_groups {n}: give at least 1 group')
-    return n
-
-
-def check_n_groups(n: int, num_layers: int, who: str, kind: str) -> None:
-    if n > num_layers:
-        raise ConfigError(f'--cka_groups {n} exceeds the {num_layers} {kind.rstrip("s")}-level layers of the '
-                          f'{who}; use at most {num_layers} (or --cka_layers blocks for more layers)')
-
-
-@torch.no_grad()
-def teacher_cka(teacher: nn.Module, layers: LayerOutputs, dataset, batches: int, batch_size: int,
-                kernel: str, debiased: bool, seed: int, device) -> tuple:
-    """Minibatch CKA of the teacher's layers on `batches` random batches of `dataset`.
-
-    Returns (pooled matrix, per-batch matrices) as numpy arrays. The batches are drawn at random
-    with a seeded generator: image folders are sorted by class, so their first batches would hold
-    a single class.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                         generator=generator, num_workers=0, drop_last=True)
-    if len(loader) == 0:
-        raise ConfigError(f'the training set ({len(dataset)} images) is smaller than one batch of '
-                          f'{batch_size}; lower --batch_size')
-    accumulator = CKAAccumulator(kernel=kernel, debiased=debiased, keep_per_batch=True)
-    was_training = teacher.training
-    teacher.eval()
-    try:
-        for index, (images, *_rest) in enumerate(loader):
-            if index == batches:
-                break
-            accumulator.update(layers.collect(teacher, images.to(device)))
-    finally:
-        teacher.train(was_training)
-    return accumulator.matrix().numpy(), [m.numpy() for m in accumulator.per_batch]
-
-
-def compute_teacher_groups(teacher: nn.Module, layers: LayerOutputs, dataset, n_groups: Optional[int],
-                           batches: int, batch_size: int, kernel: str, debiased: bool, seed: int,
-                           device, max_groups: Optional[int] = None, extra_settings=None) -> dict:
-    """The teacher's CKA matrix and its n contiguous groups, as the JSON record of cka_groups.json.
-
-    `n_groups=None` picks n with `auto_n_groups` (at most `max_groups`). Stability: how often each
-    boundary of the pooled grouping recurs in the groupings of single batches.
-    """
-    matrix, per_batch = teacher_cka(teacher, layers, dataset, batches, batch_size, kernel, debiased,
-                                    seed, device)
-    if n_groups is None:
-        n_groups = auto_n_groups(matrix, max_groups=max_groups)
-    check_n_groups(n_groups, len(layers), 'teacher', layers.kind)
-    groups = contiguous_groups(matrix, n_groups)
-    stability = boundary_stability(per_batch, n_groups, pooled=matrix)
-    settings = {'layers': layers.kind, 'kernel': kernel,
-                'estimator': 'debiased' if debiased else 'biased', 'objective': 'kmeans',
-                'n_groups': n_groups, 'batches': len(per_batch), 'batch_size': batch_size,
-                'seed': seed, **(extra_settings or {})}
-    return groups_to_json(layers.names, matrix, groups, settings=settings, stability=stability)
-
-
-def load_group_file(path: str, layer_names: Sequence[str], kind: str) -> dict:
-    try:
-        with open(path) as f:
-            record = json.load(f)
-        names, groups = record['layer_names'], record['groups']
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f'--cka_group_file {path!r} is not a cka_groups.json file '
-                          f'({type(exc).__name__}: {exc}); write one with python -m helper.teacher_groups') from None
-    if list(names) != list(layer_names):
-        raise ConfigError(f'--cka_group_file {path!r} names {len(names)} layers that do not match the '
-                          f"teacher's {len(layer_names)} {kind.rstrip('s')}-level layers; recompute it for this "
-                          'teacher and --cka_layers')
-    try:
-        validate_groups(groups, len(layer_names))
-    except ValueError as exc:
-        raise ConfigError(f'--cka_group_file {path!r}: {exc}') from None
-    return record
-
-
-def parse_weights(text: Optional[str], agg: str, n: int) -> Optional[List[float]]:
+def parse_weights(text: Optional[str], agg: str, n: Optional[int]) -> Optional[List[float]]:
+    """`--cka_weights` for `--cka_agg`: n floats with `weighted` (any count while n is unknown,
+    None), else None."""
     if agg != 'weighted':
         if text:
             raise ConfigError('--cka_weights is only used with --cka_agg weighted')
         return None
     if not text:
-        raise ConfigError(f'--cka_agg weighted needs --cka_weights with {n} comma-separated values')
+        raise ConfigError(f'--cka_agg weighted needs --cka_weights with {n or "n"} comma-separated values')
     try:
         weights = [float(w) for w in text.split(',')]
     except ValueError:
-        raise ConfigError(f'--cka_weights {text!r}: give {n} comma-separated numbers') from None
-    if len(weights) != n:
+        raise ConfigError(f'--cka_weights {text!r}: give {n or "n"} comma-separated numbers') from None
+    if n is not None and len(weights) != n:
         raise ConfigError(f'--cka_weights has {len(weights)} values but there are {n} groups; '
                           f'give exactly {n}')
     return weights
@@ -246,85 +107,73 @@ class CKAGroupLoss(nn.Module):
         return loss, group_cka.detach(), matrix.detach()
 
 
-def resolve_groups(ctx: DistillContext, student_layers: LayerOutputs, teacher_layers: LayerOutputs) -> dict:
-    """The teacher record and the paired groups of a run, from the --cka_* options.
-
-    Computed once per run and kept in `ctx.extras['cka_groups']`, so that --distill ckagroup and
-    the CKA monitor of every method pair the same groups. Returns {'record', 'student_groups',
-    'teacher_groups'}: pair k is (student_groups[k], teacher_groups[k]). Every check that needs
-    no data runs before the teacher pass, so bad input fails at once.
-    """
-    if 'cka_groups' in ctx.extras:
-        return ctx.extras['cka_groups']
-    opt = ctx.opt
-    n = parse_n_groups(opt.cka_groups)
-    debiased = opt.cka_estimator == 'debiased'
-    if opt.cka_group_file:
-        record = load_group_file(opt.cka_group_file, teacher_layers.names, opt.cka_layers)
-        if n is not None and n != len(record['groups']):
-            print(f'note: --cka_group_file has {len(record["groups"])} groups; --cka_groups {n} ignored')
-        n = len(record['groups'])
-    if n is not None:
-        check_n_groups(n, len(student_layers), 'student', opt.cka_layers)
-        check_n_groups(n, len(teacher_layers), 'teacher', opt.cka_layers)
-        parse_weights(opt.cka_weights, opt.cka_agg, n)
-    if not opt.cka_group_file:
-        if ctx.eval_train_set is None:
-            raise ConfigError('grouping the teacher needs training data, or --cka_group_file')
-        # Distributed: rank 0 groups the teacher and sends the record, so that every rank
-        # pairs the same groups (its errors are raised on every rank).
-        record = collectives.run_on_main(lambda: compute_teacher_groups(
-            ctx.teacher, teacher_layers, ctx.eval_train_set(), n, opt.cka_batches,
-            opt.batch_size, opt.cka_kernel, debiased, opt.seed, ctx.device,
-            max_groups=len(student_layers), extra_settings={'teacher': ctx.teacher_name}))
-        if n is None:  # --cka_groups auto: n is known only now
-            n = len(record['groups'])
-            parse_weights(opt.cka_weights, opt.cka_agg, n)
-    teacher_groups = [list(g) for g in record['groups']]
-    if getattr(opt, 'cka_teacher_split', 'cka') == 'even':  # ablation: ignore the CKA structure
-        teacher_groups = even_split(len(teacher_layers), n)
-        record = dict(record, groups=teacher_groups,
-                      settings=dict(record['settings'], teacher_split='even'))
-    if opt.cka_student_split == 'proportional':
-        student_groups = proportional_split(len(student_layers), teacher_groups)
-    else:
-        student_groups = even_split(len(student_layers), n)
-    if getattr(opt, 'cka_pairing', 'forward') == 'reversed':  # ablation: first with last
-        teacher_groups = teacher_groups[::-1]
-    resolved = {'record': record, 'student_groups': student_groups, 'teacher_groups': teacher_groups}
-    ctx.extras['cka_groups'] = resolved
-    return resolved
-
-
 class CKAGroupDistiller(Distiller):
-    """`--distill ckagroup`: CKAGroupLoss on block taps (or stages), teacher groups precomputed."""
+    """`--distill ckagroup`: CKAGroupLoss on block taps (or stages), given the paired groups."""
+
+    needs_teacher_groups = True
+
+    @classmethod
+    def add_options(cls, parser) -> None:
+        add = parser.add_argument
+        add('--cka_groups', type=str, default='4', help="number of layer groups n, or 'auto'")
+        add('--cka_group_file', type=str, default=None,
+            help='cka_groups.json from python -m helper.teacher_groups (instead of grouping the teacher here)')
+        add('--cka_batches', type=int, default=10, help='training batches used to compute the teacher groups')
+        add('--cka_layers', type=str, default='blocks', choices=list(models.LAYER_KINDS))
+        add('--cka_estimator', type=str, default='debiased', choices=['biased', 'debiased'])
+        add('--cka_kernel', type=str, default='linear', choices=['linear', 'rbf'])
+        add('--cka_student_split', type=str, default='even', choices=['even', 'proportional'])
+        add('--cka_teacher_split', type=str, default='cka', choices=['cka', 'even'],
+            help="teacher groups from its CKA matrix, or 'even' (ablation: uniform groups)")
+        add('--cka_pairing', type=str, default='forward', choices=['forward', 'reversed'],
+            help="student group i with teacher group i, or 'reversed' (ablation: with group n-1-i)")
+        add('--cka_reduce', type=str, default='mean', choices=['mean', 'min', 'max'])
+        add('--cka_agg', type=str, default='mean', choices=['mean', 'sum', 'weighted'])
+        add('--cka_weights', type=str, default=None, help='comma list of n group weights for --cka_agg weighted')
+        add('--cka_gather', action='store_true',
+            help='distributed runs: compute the CKA term on the global batch (every tapped layer output '
+                 "is all-gathered, with gradient) instead of on each process's own batch")
+
+    @classmethod
+    def check_options(cls, opt) -> None:
+        n = str(opt.cka_groups)
+        parse_weights(opt.cka_weights, opt.cka_agg, int(n) if n.isdigit() else None)
 
     def __init__(self, ctx: DistillContext):
         super().__init__(ctx)
         opt = ctx.opt
-        self.needs_feats = opt.cka_layers == 'stages'
-        self.student_layers = LayerOutputs(ctx.student, opt.cka_layers, ctx.input_shape).attach()
-        self.teacher_layers = LayerOutputs(ctx.teacher, opt.cka_layers, ctx.input_shape).attach()
-        groups = resolve_groups(ctx, self.student_layers, self.teacher_layers)
-        self.teacher_record = groups['record']
-        self.student_groups, self.teacher_groups = groups['student_groups'], groups['teacher_groups']
+        if ctx.groups is None:
+            raise ValueError('ckagroup needs the paired teacher groups in ctx.groups '
+                             '(helper.teacher_groups.pair_teacher_groups)')
+        self.layer_kind = opt.cka_layers
+        if self.layer_kind == 'stages':
+            self.needs_feats = True
+        else:
+            self.taps = 'blocks'
+        self.student_names = models.layer_names(ctx.student, self.layer_kind, ctx.input_shape)
+        self.teacher_names = models.layer_names(ctx.teacher, self.layer_kind, ctx.input_shape)
+        self.student_groups, self.teacher_groups = ctx.groups.student, ctx.groups.teacher
+        validate_groups(self.student_groups, len(self.student_names))
+        validate_groups(sorted(self.teacher_groups), len(self.teacher_names))  # in layer order
         n = len(self.teacher_groups)
         self.loss = CKAGroupLoss(self.student_groups, self.teacher_groups, opt.cka_reduce, opt.cka_agg,
                                  parse_weights(opt.cka_weights, opt.cka_agg, n), opt.cka_kernel,
                                  opt.cka_estimator == 'debiased')
-        print(f'ckagroup: teacher groups {self.teacher_groups} ({len(self.teacher_layers)} '
-              f'{opt.cka_layers}), student groups {self.student_groups}')
-        self.gather = bool(getattr(opt, 'cka_gather', False))  # --cka_gather: CKA on the global batch
+        print(f'ckagroup: teacher groups {self.teacher_groups} ({len(self.teacher_names)} '
+              f'{self.layer_kind}), student groups {self.student_groups}')
+        self.gather = bool(opt.cka_gather)  # --cka_gather: CKA on the global batch
         self._device = ctx.device
-        self._teacher_logged = False
         self._reset_epoch()
 
     def _reset_epoch(self) -> None:
         self._matrix_sum, self._group_sum, self._batches = None, None, 0
 
+    def layers(self, out: ModelOutputs) -> List[torch.Tensor]:
+        """The layer outputs CKA compares, from one forward's outputs."""
+        return out.blocks if self.taps == 'blocks' else list(out.feats[:-1])
+
     def forward(self, student_out: ModelOutputs, teacher_out: ModelOutputs, batch: Batch) -> dict:
-        student_feats = self.student_layers.take(student_out)
-        teacher_feats = self.teacher_layers.take(teacher_out)
+        student_feats, teacher_feats = self.layers(student_out), self.layers(teacher_out)
         if self.gather:  # every rank computes the same loss on the global batch
             student_feats, teacher_feats = gather_layer_outputs(student_feats, teacher_feats)
         result = self.loss(student_feats, teacher_feats)
@@ -344,7 +193,7 @@ class CKAGroupDistiller(Distiller):
         the logged matrix is then the mean over every rank's batches."""
         if collectives.world_size() == 1:
             return self._matrix_sum, self._group_sum, self._batches
-        rows, cols, n = len(self.student_layers), len(self.teacher_layers), len(self.teacher_groups)
+        rows, cols, n = len(self.student_names), len(self.teacher_names), len(self.teacher_groups)
         device = self._matrix_sum.device if self._matrix_sum is not None else self._device
         packed = torch.zeros(rows * cols + n + 1, dtype=torch.float64, device=device)
         if self._batches:
@@ -355,45 +204,18 @@ class CKAGroupDistiller(Distiller):
         return packed[:rows * cols].view(rows, cols), packed[rows * cols:-1], batches
 
     def end_epoch(self, epoch: int, run) -> dict:
-        """Per-group CKA_Gi (epoch mean of the per-batch values) and the epoch-mean matrix.
+        """Per-group CKA_Gi (epoch mean of the per-batch values) and the epoch-mean matrix, logged
+        through the run folder (`run.log_cka_matrix`).
 
         Distributed: the mean over the batches of every rank (every rank must call this)."""
-        if not self._teacher_logged:
-            teacher_matrix = np.asarray(self.teacher_record['matrix'])
-            groups_in_order = self.teacher_record['groups']
-            run.write_json(GROUPS_FILE, self.teacher_record)
-            run.log_image('cka/teacher', heatmap_image(teacher_matrix, groups_in_order), epoch)
-            if getattr(run, 'enabled', True):
-                save_heatmap_png(run.file('cka_groups.png'), teacher_matrix, groups_in_order,
-                                 title='teacher CKA')
-            self._teacher_logged = True
         matrix_sum, group_sum, batches = self._epoch_totals()
         self._reset_epoch()
         if not batches:
             return {}
         matrix = (matrix_sum / batches).cpu().double().numpy()
         groups = (group_sum / batches).cpu().double().tolist()
-        return log_group_cka(run, 'cka', MATRICES_FILE, epoch, matrix, groups, self.student_layers.names,
-                             self.teacher_layers.names, self.student_groups, self.teacher_groups)
-
-
-def log_group_cka(run, prefix: str, filename: str, epoch: int, matrix: np.ndarray, group_values: list,
-                  student_names, teacher_names, student_groups, teacher_groups) -> dict:
-    """Log one epoch's student x teacher matrix: the heatmap `<prefix>/student_x_teacher` (paired
-    group blocks outlined), the epoch appended to the run folder's `filename` (an earlier record of
-    the same or a later epoch, left by an interrupted run, is replaced), and the scalars
-    `<prefix>/group_<i>` and `<prefix>/group_mean`, returned for the epoch's metrics record."""
-    run.log_image(f'{prefix}/student_x_teacher', heatmap_image(matrix, student_groups, teacher_groups), epoch)
-    if getattr(run, 'enabled', True):
-        history = [h for h in _read_json(run.file(filename)) if h['epoch'] < epoch]
-        history.append({'epoch': epoch, 'student_layers': list(student_names),
-                        'teacher_layers': list(teacher_names), 'student_groups': student_groups,
-                        'teacher_groups': teacher_groups, 'matrix': np.asarray(matrix).tolist(),
-                        'group_cka': list(group_values)})
-        run.write_json(filename, history)
-    record = {f'{prefix}/group_{i}': value for i, value in enumerate(group_values)}
-    record[f'{prefix}/group_mean'] = float(np.mean(group_values))
-    return record
+        return run.log_cka_matrix('cka', MATRICES_FILE, epoch, matrix, groups, self.student_names,
+                                  self.teacher_names, self.student_groups, self.teacher_groups)
 
 
 def gather_layer_outputs(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]):
@@ -404,10 +226,3 @@ def gather_layer_outputs(student_feats: Sequence[torch.Tensor], teacher_feats: S
     again backward. The identity in a single process."""
     return (collectives.gather_rows(student_feats, with_grad=True),
             collectives.gather_rows(teacher_feats, with_grad=False))
-
-
-def _read_json(path: str) -> list:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return json.load(f)

@@ -5,9 +5,8 @@ NCE loss contrasts each sample against `nce_k` negatives drawn from a momentum m
 `ctx.num_train_samples` rows (see `crd/`). The data set must supply, per sample, its index and
 (nce_k + 1) contrast indices with the positive first: `batch.extra = (index, contrast_idx)`.
 
-Data wrapping: `wrap_train_dataset(ds)` calls `ctx.extras['contrastive_wrapper'](ds, k=, mode=)`
-when the entry layer provides it (keeps `distiller_zoo` free of `dataset` imports, as the layering
-asks); otherwise it falls back to a lazy `dataset.ContrastiveDataset(ds, k=nce_k, mode=mode)`.
+Data wrapping: `wrap_train_dataset(ds)` calls `ctx.contrastive_dataset(ds, k=nce_k, mode=mode)`,
+which `helper.train` sets to `dataset.ContrastiveDataset` (distiller_zoo imports no `dataset`).
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from typing import Optional, Sequence
 from crd import CRDLoss
 
 from .base import Distiller, DistillContext
-from ._common import move_to, opt_get, student_teacher_shapes
+from ._common import move_to, student_teacher_shapes
 
 
 def available_negatives(num_samples: int, targets: Optional[Sequence] = None) -> int:
@@ -42,22 +41,25 @@ def _targets_of(ds):
 
 
 class CRDDistiller(Distiller):
-    """opt: feat_dim (128), nce_k (16384), nce_t (0.07), nce_m (0.5), mode ('exact')."""
-
     needs_feats = True
+
+    @classmethod
+    def add_options(cls, parser) -> None:
+        add = parser.add_argument
+        add('--feat_dim', default=128, type=int, help='feature dimension')
+        add('--mode', default='exact', type=str, choices=['exact', 'relax'])
+        add('--nce_k', default=16384, type=int, help='number of negative samples for NCE')
+        add('--nce_t', default=0.07, type=float, help='temperature parameter for softmax')
+        add('--nce_m', default=0.5, type=float, help='momentum for non-parametric updates')
 
     def __init__(self, ctx: DistillContext):
         super().__init__(ctx)
-        self.feat_dim = int(opt_get(ctx, "feat_dim", 128))
-        self.nce_k = int(opt_get(ctx, "nce_k", 16384))
-        self.nce_t = float(opt_get(ctx, "nce_t", 0.07))
-        self.nce_m = float(opt_get(ctx, "nce_m", 0.5))
-        self.mode = str(opt_get(ctx, "mode", "exact"))
-        if self.mode not in ("exact", "relax"):
-            raise ValueError(f"--mode must be 'exact' or 'relax', got {self.mode!r}")
+        opt = ctx.opt
+        self.feat_dim, self.nce_k, self.nce_t, self.nce_m = opt.feat_dim, opt.nce_k, opt.nce_t, opt.nce_m
+        self.mode = opt.mode
         self.n_data = int(ctx.num_train_samples)
         check_nce_k(self.nce_k, self.n_data)  # per-class check (labels known) in wrap_train_dataset
-        self._wrapper = (ctx.extras or {}).get("contrastive_wrapper")
+        self._contrastive_dataset = ctx.contrastive_dataset
 
         s_shapes, t_shapes = student_teacher_shapes(ctx)
         s_dim = _numel(s_shapes[-1])
@@ -71,11 +73,10 @@ class CRDDistiller(Distiller):
         if len(ds) != self.n_data:
             raise ValueError(f"CRD memory bank has {self.n_data} rows (ctx.num_train_samples) "
                              f"but the training set has {len(ds)} samples")
-        if self._wrapper is not None:
-            return self._wrapper(ds, k=self.nce_k, mode=self.mode)
-        import dataset  # lazy: only the helper layer normally imports dataset
-
-        return dataset.ContrastiveDataset(ds, k=self.nce_k, mode=self.mode)
+        if self._contrastive_dataset is None:
+            raise ValueError("CRD needs ctx.contrastive_dataset (dataset.ContrastiveDataset, handed in by "
+                             "helper.train) to add sample and contrast indices")
+        return self._contrastive_dataset(ds, k=self.nce_k, mode=self.mode)
 
     def forward(self, student_out, teacher_out, batch):
         if len(batch.extra) < 1:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Distiller, DistillContext
-from ._common import move_to, opt_get, pool_to, require_map, student_teacher_shapes
+from ._common import move_to, pool_to, require_map, student_teacher_shapes
 
 
 class ConvReg(nn.Module):
@@ -46,13 +46,17 @@ class ConvReg(nn.Module):
 
 
 class HintDistiller(Distiller):
-    """loss = MSE(ConvReg(f_s[hint_layer]), f_t[hint_layer]); opt: hint_layer (default 2)."""
+    """loss = MSE(ConvReg(f_s[hint_layer]), f_t[hint_layer])."""
 
     needs_feats = True
 
+    @classmethod
+    def add_options(cls, parser) -> None:
+        parser.add_argument('--hint_layer', default=2, type=int, choices=[0, 1, 2, 3, 4])
+
     def __init__(self, ctx: DistillContext):
         super().__init__(ctx)
-        self.hint_layer = int(opt_get(ctx, "hint_layer", 2))
+        self.hint_layer = int(ctx.opt.hint_layer)
         s_shapes, t_shapes = student_teacher_shapes(ctx)
         n = min(len(s_shapes), len(t_shapes))
         if not -n <= self.hint_layer < n:

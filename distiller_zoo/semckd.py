@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Distiller, DistillContext
-from ._common import align_spatial, move_to, opt_get, require_map, student_teacher_shapes
+from ._common import align_spatial, move_to, require_map, student_teacher_shapes
 
 
 class MLPEmbed(nn.Module):
@@ -77,15 +77,19 @@ def gram_rows(f: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class SemCKDDistiller(Distiller):
-    """opt: batch_size (64, sizes the attention MLPs), soft (1.0)."""
+    """The attention MLPs are sized by --batch_size (as in the SemCKD code)."""
 
     needs_feats = True
     factor = 4
 
+    @classmethod
+    def add_options(cls, parser) -> None:
+        parser.add_argument('-s', '--soft', type=float, default=1.0, help='attention scale of SemCKD')
+
     def __init__(self, ctx: DistillContext):
         super().__init__(ctx)
-        self.batch_size = int(opt_get(ctx, "batch_size", 64))
-        self.soft = float(opt_get(ctx, "soft", 1.0))
+        self.batch_size = int(ctx.opt.batch_size)
+        self.soft = float(ctx.opt.soft)
         if self.batch_size < self.factor:
             raise ValueError(f"semckd needs --batch_size >= {self.factor}, got {self.batch_size}")
         s_shapes, t_shapes = student_teacher_shapes(ctx)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Distiller, DistillContext
-from ._common import (align_spatial, frozen_linear, move_to, opt_get, pool_to, require_map,
+from ._common import (align_spatial, frozen_linear, move_to, pool_to, require_map,
                       student_teacher_shapes, teacher_classifier)
 
 
@@ -54,14 +54,16 @@ def _head(proj: torch.Tensor, classifier) -> torch.Tensor:
 
 
 class SimKDDistiller(Distiller):
-    """opt: factor (2)."""
-
     needs_feats = True
     feat_index = -2
 
+    @classmethod
+    def add_options(cls, parser) -> None:
+        parser.add_argument('-f', '--factor', type=int, default=2, help='factor size of SimKD')
+
     def __init__(self, ctx: DistillContext):
         super().__init__(ctx)
-        self.factor = int(opt_get(ctx, "factor", 2))
+        self.factor = int(ctx.opt.factor)
         s_shapes, t_shapes = student_teacher_shapes(ctx)
         s_map, t_map = s_shapes[self.feat_index], t_shapes[self.feat_index]
         require_map(s_map, "student feats[-2]")

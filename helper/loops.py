@@ -17,6 +17,7 @@ from torch import nn
 
 from distiller_zoo.base import Batch, Distiller, ModelOutputs
 from distiller_zoo.kd import kd_loss
+from models.taps import FeatureTap
 from runtime import collectives
 
 
@@ -80,10 +81,22 @@ class CrossEntropyObjective:
 
 
 def model_outputs(model: nn.Module, images: torch.Tensor, distiller: Distiller) -> ModelOutputs:
+    """One training forward of `model`, with what the distiller asked for: the is_feat features
+    (`needs_feats`), and the block-level layer outputs (`taps = 'blocks'`), recorded by hooks that
+    are attached for this forward only."""
+    kwargs = dict(is_feat=True, preact=distiller.needs_preact) if distiller.needs_feats else {}
+    if distiller.taps == 'blocks':
+        with FeatureTap(model, model.block_layer_names()) as tap:
+            out = model(images, **kwargs)
+            blocks = tap.outputs
+    elif distiller.taps is None:
+        out, blocks = model(images, **kwargs), None
+    else:
+        raise ValueError(f"unknown taps {distiller.taps!r} of {type(distiller).__name__}; valid: 'blocks'")
     if distiller.needs_feats:
-        feats, logits = model(images, is_feat=True, preact=distiller.needs_preact)
-        return ModelOutputs(logits=logits, feats=feats)
-    return ModelOutputs(logits=model(images))
+        feats, logits = out
+        return ModelOutputs(logits=logits, feats=feats, blocks=blocks)
+    return ModelOutputs(logits=out, blocks=blocks)
 
 
 def find_unused_parameters(distiller: Distiller) -> bool:

@@ -11,15 +11,14 @@ with the group blocks outlined, and the per-epoch matrices in `cka_monitor.json`
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 import torch
 
-from distiller_zoo.ckagroup import GROUPS_FILE, CKAGroupLoss, LayerOutputs, log_group_cka, resolve_groups
-from cka.estimators import CKAAccumulator
-from runtime.errors import ConfigError
+import models
+from cka import CKAAccumulator, PairedGroups
+from distiller_zoo.ckagroup import CKAGroupLoss
 
 MONITOR_FILE = 'cka_monitor.json'
 
@@ -37,34 +36,21 @@ def held_out_batches(val_set, batches: int, batch_size: int, seed: int) -> list:
     return images
 
 
-def build_monitor(ctx, val_set, opt):
-    """The monitor of a run, or None with --no-cka_monitor (or, for methods other than ckagroup,
-    when the --cka_* settings cannot group these models: training goes on, without monitoring)."""
-    if not opt.cka_monitor:
-        return None
-    student_layers = LayerOutputs(ctx.student, opt.cka_layers, ctx.input_shape)
-    teacher_layers = LayerOutputs(ctx.teacher, opt.cka_layers, ctx.input_shape)
-    try:
-        groups = resolve_groups(ctx, student_layers, teacher_layers)
-    except ConfigError as exc:
-        if opt.distill == 'ckagroup':
-            raise
-        print(f'note: CKA monitoring is off for this run: {exc}')
-        return None
+def build_monitor(student, teacher, groups: PairedGroups, val_set, opt, input_shape, device) -> 'CKAMonitor':
+    """The monitor of a run, measuring with the run's paired groups and --cka_* settings."""
+    kind = opt.cka_layers
     images = held_out_batches(val_set, opt.cka_monitor_batches, opt.batch_size, opt.seed)
-    return CKAMonitor(ctx.student, ctx.teacher, student_layers, teacher_layers, groups['student_groups'],
-                      groups['teacher_groups'], groups['record'], images, opt.cka_kernel,
-                      opt.cka_estimator == 'debiased', opt.cka_reduce, ctx.device)
+    return CKAMonitor(student, teacher, kind, models.layer_names(student, kind, input_shape),
+                      models.layer_names(teacher, kind, input_shape), groups.student, groups.teacher,
+                      images, opt.cka_kernel, opt.cka_estimator == 'debiased', opt.cka_reduce, device)
 
 
 class CKAMonitor:
-    def __init__(self, student, teacher, student_layers: LayerOutputs, teacher_layers: LayerOutputs,
-                 student_groups, teacher_groups, teacher_record: dict, images: list, kernel: str,
-                 debiased: bool, reduce: str, device):
-        self.student, self.teacher = student, teacher
-        self.student_layers, self.teacher_layers = student_layers, teacher_layers
+    def __init__(self, student, teacher, kind: str, student_names, teacher_names, student_groups,
+                 teacher_groups, images: list, kernel: str, debiased: bool, reduce: str, device):
+        self.student, self.teacher, self.kind = student, teacher, kind
+        self.student_names, self.teacher_names = student_names, teacher_names
         self.student_groups, self.teacher_groups = student_groups, teacher_groups
-        self.teacher_record = teacher_record
         self.images, self.kernel, self.debiased = images, kernel, debiased
         self.device = device
         self.groups = CKAGroupLoss(student_groups, teacher_groups, reduce=reduce, debiased=debiased)
@@ -78,8 +64,8 @@ class CKAMonitor:
         try:
             for images in self.images:
                 images = images.to(self.device)
-                accumulator.update(self.student_layers.collect(self.student, images),
-                                   self.teacher_layers.collect(self.teacher, images))
+                accumulator.update(models.layer_outputs(self.student, images, self.kind),
+                                   models.layer_outputs(self.teacher, images, self.kind))
         finally:
             self.student.train(was_training)
         matrix = accumulator.matrix().float()
@@ -90,9 +76,7 @@ class CKAMonitor:
         start = time.perf_counter()
         matrix, groups = self.measure()
         seconds = time.perf_counter() - start
-        if run.enabled and not os.path.exists(run.file(GROUPS_FILE)):
-            run.write_json(GROUPS_FILE, self.teacher_record)
-        record = log_group_cka(run, 'monitor', MONITOR_FILE, epoch, matrix, groups, self.student_layers.names,
-                               self.teacher_layers.names, self.student_groups, self.teacher_groups)
+        record = run.log_cka_matrix('monitor', MONITOR_FILE, epoch, matrix, groups, self.student_names,
+                                    self.teacher_names, self.student_groups, self.teacher_groups)
         record['monitor/seconds'] = seconds  # its cost, beside the epoch's training 'time'
         return record

@@ -1,7 +1,9 @@
 """Command-line options of train_teacher.py and train_student.py.
 
 The flags, short forms, defaults and choices of the older CRD / SemCKD / SimKD scripts are kept so
-that users' shell scripts run unchanged; new flags are added after them.
+that users' shell scripts run unchanged; new flags are added after them. A method's own flags are
+declared once, by its distiller (`Distiller.add_options`): the student parser takes `--distill`'s
+choices and those flags from the registry in `distiller_zoo`.
 """
 from __future__ import annotations
 
@@ -9,10 +11,9 @@ import argparse
 import os
 
 from dataset import DATASET_NAMES
+from distiller_zoo import distiller_class, distiller_names
 from runtime.errors import ConfigError
 
-DISTILL_METHODS = ('kd', 'hint', 'attention', 'similarity', 'vid', 'crd', 'semckd', 'srrl',
-                   'simkd', 'ckagroup')
 # The older repos train these students with lr 0.01 whatever --learning_rate says.
 LOW_LR_MODELS = ('MobileNetV2', 'MobileNetV2_1_0', 'ShuffleV1', 'ShuffleV2', 'ShuffleV2_1_5')
 
@@ -87,41 +88,18 @@ def student_parser() -> argparse.ArgumentParser:
     add('--model_s', type=str, default='resnet8x4', help='student model name')
     add('--path_t', type=str, default=None, help='teacher checkpoint')
     add('--kd_T', type=float, default=4, help='temperature for KD distillation')
-    add('--distill', type=str, default='kd', choices=DISTILL_METHODS)
+    add('--distill', type=str, default='kd', choices=distiller_names())
     add('-c', '--cls', type=float, default=1.0, help='weight for classification')
     add('-d', '--div', type=float, default=1.0, help='weight balance for KD')
     add('-b', '--beta', type=float, default=0.0, help='weight balance for other losses')
-    add('-f', '--factor', type=int, default=2, help='factor size of SimKD')
-    add('-s', '--soft', type=float, default=1.0, help='attention scale of SemCKD')
-    add('--hint_layer', default=2, type=int, choices=[0, 1, 2, 3, 4])
-    add('--feat_dim', default=128, type=int, help='feature dimension')
-    add('--mode', default='exact', type=str, choices=['exact', 'relax'])
-    add('--nce_k', default=16384, type=int, help='number of negative samples for NCE')
-    add('--nce_t', default=0.07, type=float, help='temperature parameter for softmax')
-    add('--nce_m', default=0.5, type=float, help='momentum for non-parametric updates')
     add('--skip-validation', action='store_true', help='skip validation of teacher')
-    # ckagroup
-    add('--cka_groups', type=str, default='4', help="number of layer groups n, or 'auto'")
-    add('--cka_group_file', type=str, default=None, help='cka_groups.json from python -m helper.teacher_groups')
-    add('--cka_batches', type=int, default=10, help='training batches used to compute the teacher groups')
-    add('--cka_layers', type=str, default='blocks', choices=['blocks', 'stages'])
-    add('--cka_estimator', type=str, default='debiased', choices=['biased', 'debiased'])
-    add('--cka_kernel', type=str, default='linear', choices=['linear', 'rbf'])
-    add('--cka_student_split', type=str, default='even', choices=['even', 'proportional'])
     add('--cka_monitor', action=argparse.BooleanOptionalAction, default=True,
-        help='log the student x teacher CKA matrix on held-out batches each epoch, for any method')
+        help='log the student x teacher CKA matrix on held-out batches each epoch, for any method '
+             '(with the --distill ckagroup grouping options)')
     add('--cka_monitor_batches', type=int, default=4,
         help='held-out validation batches (of --batch_size) the monitor measures on')
-    add('--cka_teacher_split', type=str, default='cka', choices=['cka', 'even'],
-        help="teacher groups from its CKA matrix, or 'even' (ablation: uniform groups)")
-    add('--cka_pairing', type=str, default='forward', choices=['forward', 'reversed'],
-        help="student group i with teacher group i, or 'reversed' (ablation: with group n-1-i)")
-    add('--cka_reduce', type=str, default='mean', choices=['mean', 'min', 'max'])
-    add('--cka_agg', type=str, default='mean', choices=['mean', 'sum', 'weighted'])
-    add('--cka_weights', type=str, default=None, help="comma list of n group weights for --cka_agg weighted")
-    add('--cka_gather', action='store_true',
-        help='distributed runs: compute the CKA term on the global batch (every tapped layer output '
-             'is all-gathered, with gradient) instead of on each process\'s own batch')
+    for name in distiller_names():
+        distiller_class(name).add_options(parser.add_argument_group(f'--distill {name}'))
     return parser
 
 
@@ -142,6 +120,7 @@ def parse_teacher_options(argv=None) -> argparse.Namespace:
 
 def parse_student_options(argv=None) -> argparse.Namespace:
     opt = _finish(student_parser().parse_args(argv))
+    distiller_class(opt.distill).check_options(opt)
     if opt.model_s in LOW_LR_MODELS and opt.learning_rate != 0.01:
         print(f'note: --learning_rate {opt.learning_rate} replaced by 0.01 for {opt.model_s} '
               '(the rule of the older repos for MobileNet/ShuffleNet students)')

@@ -1,9 +1,13 @@
-"""One folder per run: options, per-epoch metrics as JSON, TensorBoard events, checkpoints."""
+"""One folder per run: options, per-epoch metrics as JSON, TensorBoard events, checkpoints, and
+the per-epoch CKA matrices with their heatmaps."""
 from __future__ import annotations
 
 import json
 import os
 
+import numpy as np
+
+from cka import heatmap_image
 from runtime.errors import ConfigError
 
 OPTIONS_FILE = 'options.json'
@@ -71,6 +75,31 @@ class RunFolder:
         if self.enabled:
             _write_json_atomic(obj, self.file(name))
 
+    def log_cka_matrix(self, prefix: str, filename: str, epoch: int, matrix, group_values: list,
+                       student_names, teacher_names, student_groups, teacher_groups) -> dict:
+        """Log one epoch's student x teacher CKA matrix: the heatmap `<prefix>/student_x_teacher`
+        (paired group blocks outlined), the epoch appended to the folder's `filename` (an earlier
+        record of the same or a later epoch, left by an interrupted run, is replaced), and the
+        scalars `<prefix>/group_<i>` and `<prefix>/group_mean`, returned for the epoch's record."""
+        self.log_image(f'{prefix}/student_x_teacher', heatmap_image(matrix, student_groups, teacher_groups), epoch)
+        if self.enabled:
+            history = [h for h in _read_json(self.file(filename)) if h['epoch'] < epoch]
+            history.append({'epoch': epoch, 'student_layers': list(student_names),
+                            'teacher_layers': list(teacher_names), 'student_groups': student_groups,
+                            'teacher_groups': teacher_groups, 'matrix': np.asarray(matrix).tolist(),
+                            'group_cka': list(group_values)})
+            self.write_json(filename, history)
+        record = {f'{prefix}/group_{i}': value for i, value in enumerate(group_values)}
+        record[f'{prefix}/group_mean'] = float(np.mean(group_values))
+        return record
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def _read_json(path: str) -> list:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)

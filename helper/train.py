@@ -10,17 +10,18 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 
 import models
-from dataset import DatasetUnavailableError, build_datasets
+from dataset import ContrastiveDataset, DatasetUnavailableError, build_datasets
 from dataset.device_data import DeviceImageLoader, uint8_images
-from distiller_zoo import DistillContext, build_distiller
+from distiller_zoo import DistillContext, distiller_class
 from helper import distributed
-from runtime import collectives
 from helper import options as options_mod
+from helper import teacher_groups
 from helper.checkpoint import freeze, load_checkpoint, load_teacher, save_atomic
-from runtime.errors import ConfigError, DistributedFailure
 from helper.loops import CrossEntropyObjective, DistillObjective, StepOptions, train_epoch, validate
 from helper.monitor import build_monitor
 from helper.run_folder import LAST_CKPT, RunFolder
+from runtime import collectives
+from runtime.errors import ConfigError, DistributedFailure
 
 
 def select_device(name: str) -> torch.device:
@@ -285,7 +286,7 @@ def _option_values(opt) -> dict:
     return {f'--{k}': v for k, v in _plain(vars(opt)).items() if k not in LOCAL_OPTIONS}
 
 
-def _consistency(opt, data, teacher=None, ctx=None) -> dict:
+def _consistency(opt, data, teacher=None, groups=None) -> dict:
     """What every rank of a distributed run must agree on (checked before training)."""
     if collectives.world_size() == 1:
         return {}
@@ -293,9 +294,8 @@ def _consistency(opt, data, teacher=None, ctx=None) -> dict:
     values.update({'the training images': len(data.train), 'the test images': len(data.val)})
     if teacher is not None:
         values['the teacher weights'] = collectives.state_digest(teacher.state_dict())
-    groups = ctx.extras.get('cka_groups') if ctx is not None else None  # ckagroup and the monitor
-    if groups is not None:
-        values['the teacher groups'] = groups['teacher_groups']
+    if groups is not None:  # ckagroup and the monitor
+        values['the teacher groups'] = groups.teacher
     return values
 
 
@@ -344,16 +344,20 @@ def _student(opt) -> dict:
     student_arch = models.resolve_model_name(opt.model_s, opt.dataset)
     run = RunFolder(os.path.join(opt.save_dir, 'students', options_mod.student_run_name(opt, teacher_arch)),
                     _plain(vars(opt)), resume=opt.resume is not None, enabled=collectives.is_main())
+    input_shape = tuple(data.train[0][0].shape)
+    method = distiller_class(opt.distill)
+    groups = _paired_groups(opt, method, student, teacher, teacher_arch, input_shape, device, run)
     ctx = DistillContext(student=student, teacher=teacher, student_name=student_arch,
-                         teacher_name=teacher_arch, num_classes=data.num_classes,
-                         input_shape=tuple(data.train[0][0].shape), num_train_samples=len(data.train),
-                         device=device, opt=opt, run_dir=run.path,
-                         eval_train_set=lambda: load_data(opt, augment=False).train)
+                         teacher_name=teacher_arch, num_classes=data.num_classes, input_shape=input_shape,
+                         num_train_samples=len(data.train), device=device, opt=opt, groups=groups,
+                         contrastive_dataset=ContrastiveDataset)
     try:
-        distiller = build_distiller(opt.distill, ctx).to(device)
+        distiller = method(ctx).to(device)
     except ValueError as exc:  # a method's own check of its options against these models
         raise ConfigError(f'--distill {opt.distill}: {exc}') from None
-    monitor = build_monitor(ctx, data.val, opt)
+    monitor = None
+    if opt.cka_monitor and groups is not None:
+        monitor = build_monitor(student, teacher, groups, data.val, opt, input_shape, device)
     freeze(teacher)
     train_set = distiller.wrap_train_dataset(data.train)
     loaders = make_loaders(opt, train_set, data.val, device, data)
@@ -367,7 +371,7 @@ def _student(opt) -> dict:
                                         'num_classes': data.num_classes, 'teacher_arch': teacher_arch,
                                         'distill': opt.distill},
                       extra_state={'distiller': distiller},
-                      consistency=_consistency(opt, data, teacher, ctx))
+                      consistency=_consistency(opt, data, teacher, groups))
     resume = _resume_path(opt, run)
     if resume:
         trainer.resume(resume)
@@ -375,12 +379,32 @@ def _student(opt) -> dict:
         teacher_acc = validate(teacher, loaders[1], device, trainer.step_options)
         print(f'teacher {teacher_arch} test top1 {teacher_acc["top1"]:.2f}')
         run.write_json('teacher_accuracy.json', teacher_acc)
+    if groups is not None and not (resume and os.path.exists(run.file(teacher_groups.GROUPS_FILE))):
+        teacher_groups.write_teacher_groups(run, groups.record, step=trainer.start_epoch)
     print(f'distilling {teacher_arch} -> {student_arch} with {opt.distill} on {device}; run folder {run.path}')
     try:
         return trainer.fit(end_epoch_hook=lambda epoch: {
             **distiller.end_epoch(epoch, run), **(monitor.end_epoch(epoch, run) if monitor else {})})
     finally:
         run.close()
+
+
+def _paired_groups(opt, method, student, teacher, teacher_arch, input_shape, device, run):
+    """The run's paired CKA groups, for a method that needs them or for the CKA monitor (None
+    when neither asks; for the monitor alone, also when these models cannot be grouped so:
+    training goes on without monitoring)."""
+    if not (method.needs_teacher_groups or opt.cka_monitor):
+        return None
+    resume_file = run.file(teacher_groups.GROUPS_FILE) if opt.resume is not None else None
+    try:
+        return teacher_groups.pair_teacher_groups(
+            opt, student, teacher, teacher_arch, input_shape, lambda: load_data(opt, augment=False).train,
+            device, resume_file=resume_file)
+    except ConfigError as exc:
+        if method.needs_teacher_groups:
+            raise
+        print(f'note: CKA monitoring is off for this run: {exc}')
+        return None
 
 
 def main(run, argv=None) -> int:

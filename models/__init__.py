@@ -121,5 +121,31 @@ def feature_shapes(model: nn.Module, input_shape: Sequence[int]) -> List[Tuple[i
     return [tuple(f.shape[1:]) for f in feats]
 
 
+LAYER_KINDS = ('blocks', 'stages')
+
+
+def layer_names(model: nn.Module, kind: str, input_shape: Sequence[int]) -> List[str]:
+    """Names of the layers whose outputs `layer_outputs` returns: ``'blocks'``, the block-level
+    layers (``block_layer_names()``, stem then every block); ``'stages'``, the is_feat stage
+    outputs without the pooled vector (``is_feat[i]``)."""
+    if kind == 'blocks':
+        return list(model.block_layer_names())
+    if kind == 'stages':
+        return [f'is_feat[{i}]' for i in range(len(feature_shapes(model, input_shape)) - 1)]
+    raise ValueError(f"unknown layer kind {kind!r}; valid: {', '.join(LAYER_KINDS)}")
+
+
+def layer_outputs(model: nn.Module, images: torch.Tensor, kind: str) -> List[torch.Tensor]:
+    """One forward of ``model`` on ``images``; the outputs of the ``layer_names(model, kind)``
+    layers (block hooks attached for this pass only). Gradient and mode as the caller set them."""
+    if kind == 'stages':
+        feats, _ = model(images, is_feat=True)
+        return list(feats[:-1])
+    with FeatureTap(model, model.block_layer_names()) as tap:
+        model(images)
+        return tap.outputs
+
+
 __all__ = ['model_dict', 'build_model', 'resolve_model_name', 'feature_shapes', 'FeatureTap',
+           'LAYER_KINDS', 'layer_names', 'layer_outputs',
            'IMAGENET_RESNET50', 'IMAGENET_MODELS', 'is_imagenet_dataset']

@@ -26,6 +26,7 @@ from distiller_zoo import DistillContext, build_distiller  # noqa: E402
 from helper.checkpoint import freeze  # noqa: E402
 from helper.loops import DistillObjective, to_batch  # noqa: E402
 from helper.options import student_parser  # noqa: E402
+from helper.teacher_groups import pair_teacher_groups  # noqa: E402
 
 
 def make_step(method, teacher, args, device, images, targets):
@@ -34,10 +35,11 @@ def make_step(method, teacher, args, device, images, targets):
     opt = student_parser().parse_args(['--distill', method, '--batch_size', str(args.batch_size),
                                        '--cka_batches', '2', '-b', '1'])
     groups_data = torch.utils.data.TensorDataset(images.cpu(), targets.cpu())
+    input_shape = tuple(images.shape[1:])
+    groups = pair_teacher_groups(opt, student, teacher, args.teacher, input_shape, lambda: groups_data, device)
     ctx = DistillContext(student=student, teacher=teacher, student_name=args.student,
-                         teacher_name=args.teacher, num_classes=100, input_shape=tuple(images.shape[1:]),
-                         num_train_samples=len(images), device=device, opt=opt,
-                         eval_train_set=lambda: groups_data)
+                         teacher_name=args.teacher, num_classes=100, input_shape=input_shape,
+                         num_train_samples=len(images), device=device, opt=opt, groups=groups)
     distiller = build_distiller(method, ctx).to(device)
     objective = DistillObjective(student, teacher, distiller, opt)
     optimizer = torch.optim.SGD(list(student.parameters()) + list(distiller.parameters()), lr=0.01,

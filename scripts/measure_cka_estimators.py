@@ -22,10 +22,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models  # noqa: E402
-from distiller_zoo.ckagroup import CKAGroupLoss, LayerOutputs  # noqa: E402
+from cka import CKAAccumulator, boundary_stability, contiguous_groups, even_split  # noqa: E402
+from distiller_zoo.ckagroup import CKAGroupLoss  # noqa: E402
 from helper.checkpoint import load_teacher  # noqa: E402
-from cka.estimators import CKAAccumulator  # noqa: E402
-from cka.grouping import boundary_stability, contiguous_groups, even_split  # noqa: E402
 from helper.train import load_data  # noqa: E402
 
 
@@ -45,8 +44,7 @@ def main():
     data = load_data(args, augment=False)
     teacher, arch = load_teacher(args.path_t, data.num_classes, args.dataset, torch.device('cpu'))
     student = models.build_model(args.model_s, data.num_classes).eval()
-    shape = tuple(data.train[0][0].shape)
-    t_layers, s_layers = LayerOutputs(teacher, 'blocks', shape), LayerOutputs(student, 'blocks', shape)
+    num_t, num_s = len(teacher.block_layer_names()), len(student.block_layer_names())
     loader = torch.utils.data.DataLoader(data.train, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(args.seed))
     batches = []
@@ -55,10 +53,10 @@ def main():
             break
         batches.append(images)
     with torch.no_grad():
-        t_feats = [t_layers.collect(teacher, x) for x in batches]
-        s_feats = [s_layers.collect(student, x) for x in batches]
-    print(f'teacher {arch} ({len(t_layers)} block layers), untrained student {args.model_s} '
-          f'({len(s_layers)}), {args.batches} batches of {args.batch_size} {args.dataset} training images')
+        t_feats = [models.layer_outputs(teacher, x, 'blocks') for x in batches]
+        s_feats = [models.layer_outputs(student, x, 'blocks') for x in batches]
+    print(f'teacher {arch} ({num_t} block layers), untrained student {args.model_s} '
+          f'({num_s}), {args.batches} batches of {args.batch_size} {args.dataset} training images')
     for debiased in (False, True):
         name = 'debiased' if debiased else 'biased'
         teacher_acc = CKAAccumulator(debiased=debiased, keep_per_batch=True)
@@ -71,7 +69,7 @@ def main():
         off_diagonal = matrix[~np.eye(len(matrix), dtype=bool)]
         groups = contiguous_groups(matrix, args.n_groups)
         stability = boundary_stability([m.numpy() for m in teacher_acc.per_batch], args.n_groups, pooled=matrix)
-        pairing = CKAGroupLoss(even_split(len(s_layers), args.n_groups), groups, debiased=debiased)
+        pairing = CKAGroupLoss(even_split(num_s, args.n_groups), groups, debiased=debiased)
         start = pairing.group_values(paired.matrix().float()).numpy()
         unrelated = pairing.group_values(control.matrix().float()).numpy()
         print(f'\n[{name}]')

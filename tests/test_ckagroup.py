@@ -1,6 +1,5 @@
 """--distill ckagroup: the loss against an independent float64 reference, training behaviour,
 end-to-end runs across model families, TensorBoard contents, and bad input."""
-import argparse
 import json
 import os
 import subprocess
@@ -11,15 +10,14 @@ import pytest
 import torch
 
 import models
-from distiller_zoo.base import Batch, DistillContext, ModelOutputs
+from conftest import ROOT, distill_context, student_options, tiny_argv
+from distiller_zoo.base import Batch
 from distiller_zoo.ckagroup import CKAGroupDistiller, CKAGroupLoss
 from helper.checkpoint import freeze
+from helper.loops import model_outputs
 from helper.train import main, run_student
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['--dataset', 'synthetic', '--train_per_class', '12', '--val_per_class', '5', '--batch_size', '24', '--num_workers', '0',
-        '--device', 'cpu', '--print_freq', '5', '--learning_rate', '0.02', '--skip-validation',
-        '--cka_batches', '2']
+TINY = tiny_argv(12, 5, 24, 5, 0.02, '--skip-validation', '--cka_batches', '2')
 
 
 def debiased_cka_reference(x, y):
@@ -60,15 +58,10 @@ def test_group_values_match_float64_reference():
 
 
 def _ctx(student, teacher, **opts):
-    defaults = dict(cka_layers='blocks', cka_groups='2', cka_group_file=None, cka_estimator='debiased',
-                    cka_kernel='linear', cka_student_split='even', cka_reduce='mean', cka_agg='mean',
-                    cka_weights=None, cka_batches=2, batch_size=16, seed=0)
-    defaults.update(opts)
+    values = dict(distill='ckagroup', cka_groups='2', cka_batches=2, batch_size=16, seed=0)
+    values.update(opts)
     data = torch.utils.data.TensorDataset(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))
-    return DistillContext(student=student, teacher=teacher, student_name='s', teacher_name='t',
-                          num_classes=10, input_shape=(3, 32, 32), num_train_samples=64,
-                          device=torch.device('cpu'), opt=argparse.Namespace(**defaults),
-                          eval_train_set=lambda: data)
+    return distill_context(student, teacher, student_options(**values), train_set=data)
 
 
 def test_optimising_the_cka_term_raises_every_group_and_spares_the_teacher():
@@ -82,10 +75,9 @@ def test_optimising_the_cka_term_raises_every_group_and_spares_the_teacher():
 
     def step():
         with torch.no_grad():
-            teacher(images)
-        student(images)
-        teacher_feats = distiller.teacher_layers.take(None)
-        return distiller.loss(distiller.student_layers.take(None), teacher_feats)[:2]
+            teacher_out = model_outputs(teacher, images, distiller)
+        student_out = model_outputs(student, images, distiller)
+        return distiller.loss(distiller.layers(student_out), distiller.layers(teacher_out))[:2]
 
     _, first_values = step()
     for index in range(25):
@@ -148,8 +140,8 @@ def test_every_listed_pair_takes_a_step(teacher, student):
     distiller = CKAGroupDistiller(_ctx(s_model, t_model, cka_groups='4', batch_size=8, cka_batches=1))
     images = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
-        t_out = ModelOutputs(logits=t_model(images))
-    s_out = ModelOutputs(logits=s_model(images))
+        t_out = model_outputs(t_model, images, distiller)
+    s_out = model_outputs(s_model, images, distiller)
     loss = distiller(s_out, t_out, Batch(images, torch.zeros(8, dtype=torch.long)))['ckagroup']
     loss.backward()
     assert torch.isfinite(loss) and 0.0 <= loss.item() <= 2.0
@@ -207,3 +199,53 @@ def test_ablations_even_teacher_groups_and_reversed_pairing():
     first, last = base.teacher_groups
     expected = [matrix[0:2, last[0]:last[-1] + 1].mean(), matrix[2:4, first[0]:first[-1] + 1].mean()]
     torch.testing.assert_close(reversed_.loss.group_values(matrix), torch.stack(expected))
+
+
+def test_taps_are_open_only_around_each_training_forward():
+    """Block hooks exist while the loop's training forward runs, and at no other time: not after
+    the distiller is built, not between steps, not while the deployed student predicts."""
+    from helper.loops import DistillObjective
+    torch.manual_seed(0)
+    teacher, student = models.build_model('resnet8', 10), models.build_model('resnet8', 10)
+    freeze(teacher)
+    ctx = _ctx(student, teacher)
+    distiller = CKAGroupDistiller(ctx)
+
+    def hooks(model):
+        return sum(len(m._forward_hooks) for m in model.modules())
+
+    seen = []
+    student.register_forward_pre_hook(lambda module, args: seen.append(hooks(student)))
+    assert hooks(student) == hooks(teacher) == 0
+    objective = DistillObjective(student, teacher, distiller, ctx.opt)
+    objective.train()
+    images = torch.randn(8, 3, 32, 32)
+    loss, terms, _ = objective(Batch(images, torch.zeros(8, dtype=torch.long)))
+    assert 'loss_ckagroup' in terms and seen == [len(student.block_layer_names())]
+    assert hooks(student) == hooks(teacher) == 0
+    with torch.no_grad():
+        distiller.predict(student, images)
+    assert seen[-1] == 0 and hooks(student) == 0
+
+
+def test_resume_reads_the_run_folders_groups_instead_of_grouping_again(tmp_path):
+    from helper.teacher_groups import pair_teacher_groups
+    from runtime.errors import ConfigError
+    teacher, student = models.build_model('resnet20', 10), models.build_model('resnet8', 10)
+    names = teacher.block_layer_names()
+    saved = {'layer_names': names, 'matrix': np.eye(len(names)).tolist(),
+             'groups': [[0], list(range(1, len(names)))], 'settings': {'n_groups': 2}}
+    path = tmp_path / 'cka_groups.json'
+    path.write_text(json.dumps(saved))
+
+    def no_data():
+        raise AssertionError('the teacher was grouped again')
+
+    opt = student_options(distill='ckagroup', cka_groups='2')
+    groups = pair_teacher_groups(opt, student, teacher, 'resnet20', (3, 32, 32), no_data, torch.device('cpu'),
+                                 resume_file=str(path))
+    assert groups.record == saved and groups.teacher == saved['groups'] and groups.student == [[0, 1], [2, 3]]
+    path.write_text(json.dumps(dict(saved, layer_names=names[:-1])))
+    with pytest.raises(ConfigError, match="run folder's .* do not match the teacher's"):
+        pair_teacher_groups(opt, student, teacher, 'resnet20', (3, 32, 32), no_data, torch.device('cpu'),
+                            resume_file=str(path))

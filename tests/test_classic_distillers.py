@@ -4,7 +4,6 @@ short batches, gradient routing, SimKD reuse, CRD data-set checks.
 Golden tests feed fixed random float64 features straight into the distiller (its own modules
 converted to float64) and recompute the published formula in numpy with explicit operations.
 """
-import argparse
 import math
 
 import numpy as np
@@ -13,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distiller_zoo.base import Batch, DistillContext, ModelOutputs
+from conftest import distill_context, student_options
+from distiller_zoo.base import Batch, ModelOutputs
 from distiller_zoo.attention import AttentionDistiller
 from distiller_zoo.crd import CRDDistiller
 from distiller_zoo.fitnet import HintDistiller
@@ -71,18 +71,19 @@ def make_opt(**kw):
     base = dict(hint_layer=2, feat_dim=4, mode="exact", nce_k=5, nce_t=0.07, nce_m=0.5,
                 factor=2, soft=1.0, batch_size=8)
     base.update(kw)
-    return argparse.Namespace(**base)
+    return student_options(**base)
 
 
-def make_ctx(student=None, teacher=None, opt=None, extras=None, n_data=N_DATA):
+def make_ctx(student=None, teacher=None, opt=None, contrastive_dataset=None, n_data=N_DATA):
     torch.manual_seed(0)
     student = student or make_student()
     teacher = teacher or make_teacher()
     teacher.eval()
-    return DistillContext(student=student, teacher=teacher, student_name="tiny_s",
-                          teacher_name="tiny_t", num_classes=NUM_CLASSES, input_shape=INPUT,
-                          num_train_samples=n_data, device=torch.device("cpu"),
-                          opt=opt or make_opt(), extras=extras or {})
+    ctx = distill_context(student, teacher, opt or make_opt(), input_shape=INPUT, num_classes=NUM_CLASSES,
+                          num_train_samples=n_data, names=("tiny_s", "tiny_t"))
+    if contrastive_dataset is not None:
+        ctx.contrastive_dataset = contrastive_dataset
+    return ctx
 
 
 def rand(*shape, seed, positive=False):
@@ -523,11 +524,11 @@ def test_crd_nce_k_too_large_is_one_line_error():
     with pytest.raises(ValueError) as e:
         CRDDistiller(make_ctx(opt=make_opt(nce_k=N_DATA)))  # at build time: at most n - 1
     assert f"--nce_k {N_DATA}" in str(e.value) and "\n" not in str(e.value)
-    ok = {"contrastive_wrapper": lambda ds, k, mode: ds}
+    ok = lambda ds, k, mode: ds
     with pytest.raises(ValueError) as e:  # when wrapping, the labels are known
-        CRDDistiller(make_ctx(opt=make_opt(nce_k=16), extras=ok)).wrap_train_dataset(ds)
+        CRDDistiller(make_ctx(opt=make_opt(nce_k=16), contrastive_dataset=ok)).wrap_train_dataset(ds)
     assert "--nce_k 16" in str(e.value) and "at most 15" in str(e.value) and "\n" not in str(e.value)
-    CRDDistiller(make_ctx(opt=make_opt(nce_k=15), extras=ok)).wrap_train_dataset(ds)
+    CRDDistiller(make_ctx(opt=make_opt(nce_k=15), contrastive_dataset=ok)).wrap_train_dataset(ds)
 
 
 def test_crd_wraps_with_context_wrapper():
@@ -538,8 +539,7 @@ def test_crd_wraps_with_context_wrapper():
         return "wrapped"
 
     ds = FakeDS([i % 4 for i in range(N_DATA)])
-    d = CRDDistiller(make_ctx(opt=make_opt(nce_k=5, mode="relax"),
-                              extras={"contrastive_wrapper": wrapper}))
+    d = CRDDistiller(make_ctx(opt=make_opt(nce_k=5, mode="relax"), contrastive_dataset=wrapper))
     assert d.wrap_train_dataset(ds) == "wrapped"
     assert calls == [(ds, 5, "relax")]
     with pytest.raises(ValueError, match="memory bank"):
@@ -573,10 +573,8 @@ def test_real_models_short_batch(name):
     models = _zoo()
     student = models.build_model("resnet8", num_classes=10)
     teacher = models.build_model("resnet8x4", num_classes=10).eval()
-    ctx = DistillContext(student=student, teacher=teacher, student_name="resnet8",
-                         teacher_name="resnet8x4", num_classes=10, input_shape=(3, 32, 32),
-                         num_train_samples=N_DATA, device=torch.device("cpu"),
-                         opt=make_opt(hint_layer=2))
+    ctx = distill_context(student, teacher, make_opt(hint_layer=2), num_train_samples=N_DATA,
+                          names=("resnet8", "resnet8x4"))
     d = METHODS[name](ctx).train()
     x = torch.randn(3, 3, 32, 32)
     fs, zs = student(x, is_feat=True)

@@ -15,16 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import ROOT, distill_context, tiny_argv
 from crd.memory import ContrastMemory
 from helper import distributed
 from runtime import collectives
 from runtime.errors import ConfigError, DistributedFailure
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 100 training images: 50 per rank, batches of 16, 16, 16, 2; 50 test images, 25 per rank.
-TINY = ['--dataset', 'synthetic', '--train_per_class', '10', '--val_per_class', '5', '--batch_size', '16',
-        '--num_workers', '0', '--device', 'cpu', '--print_freq', '2', '--epochs', '2',
-        '--learning_rate', '0.02', '--dist_timeout', '60']
+TINY = tiny_argv(10, 5, 16, 2, 0.02, '--epochs', '2', '--dist_timeout', '60')
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': ROOT}  # torchrun's default too
 
 
@@ -82,9 +80,9 @@ def test_torchrun_two_processes(method, teacher_path, tmp_path):
     assert result.stdout.count('finished:') == 1 and result.stdout.count('epoch 2:') == 1
     assert len(glob.glob(str(run_dir / 'events.out.tfevents.*'))) == 1
     expected = {'options.json', 'metrics.json', 'summary.json', 'ckpt_last.pth', 'resnet8_best.pth',
-                'teacher_accuracy.json', 'cka_groups.json', 'cka_monitor.json'}  # monitoring: every method
+                'teacher_accuracy.json', 'cka_groups.json', 'cka_groups.png', 'cka_monitor.json'}  # monitoring: every method
     if method == 'ckagroup':
-        expected |= {'cka_groups.png', 'cka_matrices.json'}
+        expected |= {'cka_matrices.json'}
     assert {p.name for p in run_dir.iterdir() if not p.name.startswith('events.')} == expected
     history = json.loads((run_dir / 'metrics.json').read_text())
     assert [r['epoch'] for r in history] == [1, 2]
@@ -196,36 +194,36 @@ def _crd_problem():
 
 
 @pytest.fixture(scope='module')
-def collectives(tmp_path_factory):
+def rank_results(tmp_path_factory):
     out = tmp_path_factory.mktemp('collectives')
     distributed.spawn(_collectives_worker, 2, (_store(out), str(out)))
     return [torch.load(out / f'rank{r}.pt', weights_only=False) for r in range(2)]
 
 
-def test_metric_sums_are_reduced_over_ranks(collectives):
+def test_metric_sums_are_reduced_over_ranks(rank_results):
     expected = {'loss': (1 * 4 + 3 * 2 + 2 * 3) / 9, 'top1': (50 * 4 + 25 * 2) / 9, 'extra': 7 * 3 / 9}
-    for result in collectives:
+    for result in rank_results:
         assert result['count'] == 9
         assert result['means'] == pytest.approx(expected, rel=1e-6)
 
 
-def test_sharded_validation_counts_every_sample_once(collectives):
+def test_sharded_validation_counts_every_sample_once(rank_results):
     from helper.loops import validate
     model, images, targets = _eval_problem()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, targets), batch_size=4)
     whole = validate(model, loader, torch.device('cpu'))
-    for result in collectives:
+    for result in rank_results:
         assert result['validate'] == pytest.approx(whole, rel=1e-6)
     assert [list(collectives.ShardSampler(11, r, 2)) for r in range(2)] == [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9]]
 
 
-def test_cka_gather_equals_one_process_on_the_global_batch(collectives):
+def test_cka_gather_equals_one_process_on_the_global_batch(rank_results):
     from distiller_zoo.ckagroup import CKAGroupLoss
     student, teacher, _ = _cka_problem(0)
     student = [s.clone().requires_grad_(True) for s in student]
     loss, _, matrix = CKAGroupLoss([[0], [1]], [[0, 1], [2]])(student, teacher)
     loss.backward()
-    for rank, result in enumerate(collectives):
+    for rank, result in enumerate(rank_results):
         cka = result['cka']
         torch.testing.assert_close(cka['matrix'], matrix, rtol=1e-5, atol=1e-6)
         assert cka['loss'] == pytest.approx(loss.item(), rel=1e-5)
@@ -235,7 +233,7 @@ def test_cka_gather_equals_one_process_on_the_global_batch(collectives):
             torch.testing.assert_close(grad, 2 * full.grad[rows], rtol=1e-4, atol=1e-6)
 
 
-def test_crd_memory_bank_is_updated_from_every_rank(collectives):
+def test_crd_memory_bank_is_updated_from_every_rank(rank_results):
     memory, v_s, v_t, idx, contrast = _crd_problem()
     reference = memory
     reference.eval()
@@ -244,9 +242,9 @@ def test_crd_memory_bank_is_updated_from_every_rank(collectives):
         first = [0, 1, 2, 3, 4, 6, 7]  # sample 0 is updated from its first occurrence
         pos = bank[idx[first]] * 0.5 + v[first] * 0.5
         bank[idx[first]] = pos / pos.norm(dim=1, keepdim=True)
-    assert collectives[0]['crd_digest'] == collectives[1]['crd_digest']
+    assert rank_results[0]['crd_digest'] == rank_results[1]['crd_digest']
     for key, value in reference.state_dict().items():
-        torch.testing.assert_close(collectives[0]['crd'][key], value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rank_results[0]['crd'][key], value, rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- DDP rule
@@ -263,7 +261,7 @@ def test_unused_parameter_rule_holds_for_every_method():
 
 def _check_unused_rule():
     import models
-    from distiller_zoo import DistillContext, build_distiller, distiller_names
+    from distiller_zoo import build_distiller, distiller_names
     from distiller_zoo.base import Batch
     from helper.loops import DistillObjective, find_unused_parameters
     from helper.options import student_parser
@@ -277,9 +275,8 @@ def _check_unused_rule():
         teacher, student = models.build_model('resnet8', 10).eval(), models.build_model('resnet8', 10)
         for p in teacher.parameters():
             p.requires_grad_(False)
-        ctx = DistillContext(student=student, teacher=teacher, student_name='resnet8', teacher_name='resnet8',
-                             num_classes=10, input_shape=(3, 32, 32), num_train_samples=16,
-                             device=torch.device('cpu'), opt=opt, eval_train_set=lambda: data)
+        ctx = distill_context(student, teacher, opt, num_train_samples=16, train_set=data,
+                              names=('resnet8', 'resnet8'))
         distiller = build_distiller(method, ctx)
         objective = DistillObjective(student, teacher, distiller, opt)
         objective.train()

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_argv
 from helper.train import main, prepare_model, run_student, run_teacher
 from models.taps import FeatureTap
 
-TINY = ['--dataset', 'synthetic', '--train_per_class', '20', '--val_per_class', '10', '--batch_size', '32',
-        '--num_workers', '0', '--device', 'cpu', '--print_freq', '2', '--learning_rate', '0.02']
+TINY = tiny_argv(20, 10, 32, 2, 0.02)
 FAST = ['--data_on_device', '--amp', '--channels_last']
 
 

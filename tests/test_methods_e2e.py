@@ -8,14 +8,13 @@ import pytest
 import torch
 
 import models
-from distiller_zoo import DistillContext, build_distiller, distiller_names
+from conftest import distill_context, tiny_argv
+from distiller_zoo import build_distiller, distiller_names
 from helper.train import run_student
 
 # 13 images per class: 130 training images in batches of 24 leave a last batch of 10.
-TINY = ['--dataset', 'synthetic', '--train_per_class', '13', '--val_per_class', '3', '--batch_size', '24',
-        '--num_workers', '0', '--device', 'cpu', '--print_freq', '10', '--learning_rate', '0.01',
-        '--skip-validation', '--epochs', '1', '--nce_k', '16', '--feat_dim', '16', '--cka_batches', '2',
-        '--cka_groups', '3']
+TINY = tiny_argv(13, 3, 24, 10, 0.01, '--skip-validation', '--epochs', '1', '--nce_k', '16', '--feat_dim', '16',
+                 '--cka_batches', '2', '--cka_groups', '3')
 # The published loss weights of each method (scripts/*.sh).
 BETA = {'kd': 0, 'hint': 100, 'attention': 1000, 'similarity': 3000, 'vid': 1, 'crd': 0.8, 'semckd': 400,
         'srrl': 1, 'simkd': 1, 'ckagroup': 5}
@@ -51,11 +50,10 @@ def test_method_trains_and_checkpoint_reloads(method, teacher_path, tmp_path):
     teacher.load_state_dict(torch.load(teacher_path, weights_only=True)['model'])
     opt = argparse.Namespace(**ckpt['opt'])
     data = torch.utils.data.TensorDataset(torch.randn(48, 3, 32, 32), torch.randint(0, 10, (48,)))
-    ctx = DistillContext(student=student, teacher=teacher.eval(), student_name='resnet8', teacher_name='resnet8x4',
-                         num_classes=10, input_shape=(3, 32, 32), num_train_samples=130,
-                         device=torch.device('cpu'), opt=opt, eval_train_set=lambda: data)
     if method == 'ckagroup':  # the groups computed for the run, not new ones from other data
         opt.cka_group_file = str(run_dir / 'cka_groups.json')
+    ctx = distill_context(student, teacher.eval(), opt, num_train_samples=130, train_set=data,
+                          names=('resnet8', 'resnet8x4'))
     distiller = build_distiller(method, ctx)
     distiller.load_state_dict(ckpt['distiller'])
     student.eval()

@@ -1,6 +1,5 @@
 """CKA monitoring for any --distill method: same tags for KD and ckagroup, values against an
 independent float64 reference, and the comparison figure."""
-import argparse
 import json
 import os
 import subprocess
@@ -12,17 +11,16 @@ import torch
 from PIL import Image
 
 import models
-from distiller_zoo.base import DistillContext
+from conftest import ROOT, student_options, tiny_argv
 from helper.checkpoint import freeze
-from models.taps import FeatureTap
 from helper.monitor import build_monitor
+from helper.teacher_groups import pair_teacher_groups
 from helper.train import run_student
+from models.taps import FeatureTap
 from test_ckagroup import debiased_cka_reference
 
-TINY = ['--dataset', 'synthetic', '--train_per_class', '12', '--val_per_class', '5', '--batch_size', '16',
-        '--num_workers', '0', '--device', 'cpu', '--print_freq', '5', '--learning_rate', '0.02',
-        '--skip-validation', '--cka_batches', '2', '--cka_groups', '3', '--cka_monitor_batches', '2',
-        '--epochs', '2', '--model_s', 'vgg8']
+TINY = tiny_argv(12, 5, 16, 5, 0.02, '--skip-validation', '--cka_batches', '2', '--cka_groups', '3',
+                 '--cka_monitor_batches', '2', '--epochs', '2', '--model_s', 'vgg8')
 
 
 @pytest.fixture(scope='module')
@@ -70,14 +68,10 @@ def test_monitor_matches_float64_reference():
     student, teacher = models.build_model('resnet8', 10), models.build_model('vgg8', 10)
     freeze(teacher)
     val = torch.utils.data.TensorDataset(torch.randn(40, 3, 32, 32), torch.zeros(40, dtype=torch.long))
-    opt = argparse.Namespace(cka_monitor=True, cka_layers='blocks', cka_groups='2', cka_group_file=None,
-                             cka_estimator='debiased', cka_kernel='linear', cka_student_split='even',
-                             cka_reduce='mean', cka_agg='mean', cka_weights=None, cka_batches=1,
-                             batch_size=20, seed=3, cka_monitor_batches=1, distill='kd')
-    ctx = DistillContext(student=student, teacher=teacher, student_name='resnet8', teacher_name='vgg8',
-                         num_classes=10, input_shape=(3, 32, 32), num_train_samples=40,
-                         device=torch.device('cpu'), opt=opt, eval_train_set=lambda: val)
-    monitor = build_monitor(ctx, val, opt)
+    opt = student_options(cka_groups='2', cka_batches=1, batch_size=20, seed=3, cka_monitor_batches=1)
+    cpu = torch.device('cpu')
+    groups = pair_teacher_groups(opt, student, teacher, 'vgg8', (3, 32, 32), lambda: val, cpu)
+    monitor = build_monitor(student, teacher, groups, val, opt, (3, 32, 32), cpu)
     student.train()
     matrix, groups = monitor.measure()
     assert student.training  # mode restored
@@ -111,7 +105,7 @@ def test_monitor_can_be_switched_off(tmp_path):
 
 def test_figure_script_draws_both_runs(two_runs, tmp_path):
     out = tmp_path / 'runs.png'
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts', 'plot_cka_runs.py')
+    script = os.path.join(ROOT, 'scripts', 'plot_cka_runs.py')
     result = subprocess.run([sys.executable, script, str(two_runs['kd']), str(two_runs['ckagroup']), '--out', str(out)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

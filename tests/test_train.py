@@ -8,12 +8,11 @@ import pytest
 import torch
 
 import models
+from conftest import ROOT, tiny_argv
 from helper.train import main, run_student, run_teacher
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny budget: 20 images per class, 1-2 epochs, batch 32, in-process loading.
-TINY = ['--dataset', 'synthetic', '--train_per_class', '20', '--val_per_class', '10', '--batch_size', '32', '--num_workers', '0',
-        '--device', 'cpu', '--print_freq', '2', '--learning_rate', '0.02']
+TINY = tiny_argv(20, 10, 32, 2, 0.02)
 
 
 def read_scalars(run_dir):

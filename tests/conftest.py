@@ -1,0 +1,47 @@
+"""Scaffolding shared by the tests: the argv of tiny training runs, parsed student options with
+every method's own defaults, and a DistillContext built by hand the way helper.train builds it.
+
+Test modules import these helpers (`from conftest import ...`; pytest puts tests/ on sys.path).
+"""
+import os
+
+import torch
+
+from dataset import ContrastiveDataset
+from distiller_zoo import DistillContext, distiller_class
+from helper.options import student_parser
+from helper.teacher_groups import pair_teacher_groups
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_argv(train_per_class: int, val_per_class: int, batch_size: int, print_freq: int = 5,
+              learning_rate: float = 0.02, *extra: str) -> list:
+    """Flags of a tiny CPU run on the built-in synthetic data set (no download, no workers)."""
+    return ['--dataset', 'synthetic', '--train_per_class', str(train_per_class), '--val_per_class',
+            str(val_per_class), '--batch_size', str(batch_size), '--num_workers', '0', '--device', 'cpu',
+            '--print_freq', str(print_freq), '--learning_rate', str(learning_rate), *extra]
+
+
+def student_options(*argv: str, **values):
+    """train_student.py's options: every default from the parser (each method's own included),
+    then `argv` parsed, then `values` set as they are."""
+    opt = student_parser().parse_args(list(argv))
+    for name, value in values.items():
+        setattr(opt, name, value)
+    return opt
+
+
+def distill_context(student, teacher, opt, *, input_shape=(3, 32, 32), num_classes: int = 10,
+                    num_train_samples: int = 64, train_set=None, names=('student', 'teacher')) -> DistillContext:
+    """A DistillContext as helper.train builds it, on the CPU. When `opt.distill` needs the teacher
+    groups, they are paired by helper.teacher_groups from a teacher pass over `train_set` (or read
+    from --cka_group_file)."""
+    groups = None
+    if distiller_class(opt.distill).needs_teacher_groups:
+        groups = pair_teacher_groups(opt, student, teacher, names[1], input_shape, lambda: train_set,
+                                     torch.device('cpu'))
+    return DistillContext(student=student, teacher=teacher, student_name=names[0], teacher_name=names[1],
+                          num_classes=num_classes, input_shape=tuple(input_shape),
+                          num_train_samples=num_train_samples, device=torch.device('cpu'), opt=opt,
+                          groups=groups, contrastive_dataset=ContrastiveDataset)
