@@ -30,7 +30,7 @@ from helper.cka import CKAAccumulator, cka_from_grams, normalized_grams
 from helper.cka_groups import (auto_n_groups, boundary_stability, contiguous_groups, even_split,
                                groups_to_json, proportional_split, validate_groups)
 from helper.errors import ConfigError
-from helper.heatmap import heatmap_image, save_heatmap_png
+from helper.heatmap import save_png, student_teacher_figure, teacher_caption, teacher_figure
 from models import feature_shapes
 from models.taps import FeatureTap
 
@@ -362,10 +362,11 @@ class CKAGroupDistiller(Distiller):
             teacher_matrix = np.asarray(self.teacher_record['matrix'])
             groups_in_order = self.teacher_record['groups']
             run.write_json(GROUPS_FILE, self.teacher_record)
-            run.log_image('cka/teacher', heatmap_image(teacher_matrix, groups_in_order), epoch)
             if getattr(run, 'enabled', True):
-                save_heatmap_png(run.file('cka_groups.png'), teacher_matrix, groups_in_order,
-                                 title='teacher CKA')
+                figure = teacher_figure(teacher_matrix, self.teacher_record['layer_names'], groups_in_order,
+                                        caption=teacher_caption(self.teacher_record['settings']))
+                save_png(figure, run.file('cka_groups.png'))
+                run.log_figure('cka/teacher', figure, epoch)
             self._teacher_logged = True
         matrix_sum, group_sum, batches = self._epoch_totals()
         self._reset_epoch()
@@ -379,12 +380,14 @@ class CKAGroupDistiller(Distiller):
 
 def log_group_cka(run, prefix: str, filename: str, epoch: int, matrix: np.ndarray, group_values: list,
                   student_names, teacher_names, student_groups, teacher_groups) -> dict:
-    """Log one epoch's student x teacher matrix: the heatmap `<prefix>/student_x_teacher` (paired
-    group blocks outlined), the epoch appended to the run folder's `filename` (an earlier record of
+    """Log one epoch's student x teacher matrix: the figure `<prefix>/student_x_teacher` (paired
+    group blocks outlined, each block's value written in it), the epoch appended to the run folder's `filename` (an earlier record of
     the same or a later epoch, left by an interrupted run, is replaced), and the scalars
     `<prefix>/group_<i>` and `<prefix>/group_mean`, returned for the epoch's metrics record."""
-    run.log_image(f'{prefix}/student_x_teacher', heatmap_image(matrix, student_groups, teacher_groups), epoch)
     if getattr(run, 'enabled', True):
+        run.log_figure(f'{prefix}/student_x_teacher', student_teacher_figure(
+            matrix, student_names, teacher_names, student_groups, teacher_groups, group_values,
+            title=f'{prefix}: student x teacher CKA, epoch {epoch}'), epoch)
         history = [h for h in _read_json(run.file(filename)) if h['epoch'] < epoch]
         history.append({'epoch': epoch, 'student_layers': list(student_names),
                         'teacher_layers': list(teacher_names), 'student_groups': student_groups,

@@ -1,1 +1,1 @@
-"""Training helpers; CKA math (cka), contiguous grouping (cka_groups), heatmaps (heatmap)."""
+"""Training helpers; CKA math (cka), contiguous grouping (cka_groups), CKA figures (heatmap)."""

@@ -62,9 +62,10 @@ class RunFolder:
                 self.writer.add_scalar(key, value, epoch)
         self.writer.flush()
 
-    def log_image(self, tag: str, image_hwc, step: int) -> None:
+    def log_figure(self, tag: str, figure, step: int) -> None:
+        """A matplotlib figure as a TensorBoard image; the figure is closed (freed) afterwards."""
         if self.enabled:
-            self.writer.add_image(tag, image_hwc, step, dataformats='HWC')
+            self.writer.add_figure(tag, figure, step, close=True)
             self.writer.flush()
 
     def write_json(self, name: str, obj) -> None:

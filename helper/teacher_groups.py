@@ -4,9 +4,9 @@
         --n_groups N|auto --batches K --out DIR
 
 writes DIR/cka_groups.json (layer names, the teacher matrix, the groups, every setting, and how
-stable the boundaries are across batches) and DIR/cka_groups.png (the matrix with the groups
-outlined). train_student.py --distill ckagroup runs the same code when given no --cka_group_file,
-and accepts the JSON as --cka_group_file.
+stable the boundaries are across batches) and DIR/cka_groups.png (the matrix with layer names, a
+colour bar and the groups outlined). train_student.py --distill ckagroup runs the same code when
+given no --cka_group_file, and accepts the JSON as --cka_group_file.
 """
 from __future__ import annotations
 
@@ -15,13 +15,11 @@ import json
 import os
 import sys
 
-import numpy as np
-
 from dataset import DATASET_NAMES
 from distiller_zoo.ckagroup import GROUPS_FILE, LayerOutputs, compute_teacher_groups, parse_n_groups
 from helper.checkpoint import load_teacher
 from helper.errors import ConfigError
-from helper.heatmap import save_heatmap_png
+from helper.heatmap import save_png, teacher_caption, teacher_figure
 from helper.train import load_data, select_device
 
 
@@ -57,9 +55,9 @@ def run(argv=None) -> dict:
     os.makedirs(opt.out, exist_ok=True)
     with open(os.path.join(opt.out, GROUPS_FILE), 'w') as f:
         json.dump(record, f, indent=1)
-    save_heatmap_png(os.path.join(opt.out, 'cka_groups.png'), np.asarray(record['matrix']),
-                     record['groups'], record['groups'], title=f'{arch} {opt.estimator} CKA',
-                     colorbar=True)
+    save_png(teacher_figure(record['matrix'], record['layer_names'], record['groups'], title=f'{arch}: teacher CKA',
+                            caption=teacher_caption(record['settings'])),
+             os.path.join(opt.out, 'cka_groups.png'))
     stability = record['stability']
     print(f'{arch}: {len(layers)} {opt.layers.rstrip("s")}-level layers, groups {record["groups"]}')
     print(f'boundaries {stability["boundaries"]} recur in {stability["agreement"]} of '

@@ -23,11 +23,10 @@ import statistics
 import sys
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helper.heatmap import heatmap_image  # noqa: E402
+from helper.heatmap import matrices_figure, save_png, teacher_caption  # noqa: E402
 from helper.train import run_student  # noqa: E402
 
 MAIN_ROWS = ('student', 'kd', 'ckagroup')
@@ -96,6 +95,7 @@ def run_one(args, row, seed, extra):
 
 
 def figure(results, out_path):
+    """The teacher's matrix and each row's final monitored student x teacher matrix (first seed)."""
     panels, teacher = [], None
     for row in ROWS:
         runs = [r for r in results if r['row'] == row]
@@ -105,24 +105,15 @@ def figure(results, out_path):
         groups_file = os.path.join(run_dir, 'cka_groups.json')
         if teacher is None and os.path.exists(groups_file):
             with open(groups_file) as f:
-                record = json.load(f)
-            teacher = heatmap_image(np.asarray(record['matrix']), record['groups'], cell=12, title='teacher')
+                teacher = json.load(f)
         monitor_file = os.path.join(run_dir, 'cka_monitor.json')
         if os.path.exists(monitor_file):
             with open(monitor_file) as f:
                 last = json.load(f)[-1]
-            panels.append(heatmap_image(np.asarray(last['matrix']), last['student_groups'],
-                                        last['teacher_groups'], cell=12, title=row[:28]))
-    images = ([teacher] if teacher is not None else []) + panels
-    if not images:
+            panels.append(dict(last, title=f'{row}\nseed {runs[0]["seed"]}, epoch {last["epoch"]}'))
+    if teacher is None or not panels:
         return
-    height = max(i.shape[0] for i in images)
-    canvas = Image.new('RGB', (sum(i.shape[1] + 10 for i in images), height), 'white')
-    x = 0
-    for image in images:
-        canvas.paste(Image.fromarray(image), (x, 0))
-        x += image.shape[1] + 10
-    canvas.save(out_path)
+    save_png(matrices_figure(teacher, panels, caption=teacher_caption(teacher['settings'])), out_path)
 
 
 def main(argv=None):

@@ -186,7 +186,7 @@ def test_group_file_from_cli_is_accepted(tmp_path):
     assert [i for g in record['groups'] for i in g] == list(range(4)) and len(record['groups']) == 2
     assert record['stability']['num_batches'] == 3 and record['settings']['estimator'] == 'debiased'
     from PIL import Image
-    assert Image.open(out / 'cka_groups.png').size[0] > 20
+    assert Image.open(out / 'cka_groups.png').format == 'PNG'
     summary = run_student(TINY + ['--path_t', str(path_t), '--model_s', 'vgg8', '--distill', 'ckagroup',
                                   '--cka_group_file', str(out / 'cka_groups.json'), '--epochs', '1',
                                   '--save_dir', str(tmp_path / 'save')])
