@@ -36,7 +36,7 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.textpath import text_to_path  # noqa: E402
 
 __all__ = ['group_colour', 'colour_range', 'cell_inches', 'font_points', 'tick_step', 'group_label', 'teacher_caption',
-           'teacher_figure', 'student_teacher_figure', 'matrices_figure', 'runs_figure', 'save_png']
+           'draw_matrix', 'teacher_figure', 'student_teacher_figure', 'matrices_figure', 'runs_figure', 'save_png']
 
 # matplotlib's tab10: ten distinct hues, safe on white and (with a white halo) on viridis
 _GROUP_COLOURS = ('#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd',
