@@ -82,16 +82,16 @@ class LayerOutputs:
             return tap.outputs
 
 
-def parse_n_groups(value) -> Optional[int]:
+def parse_n_groups(value, flag: str = '--cka_groups') -> Optional[int]:
     """`--cka_groups`: a positive integer, or 'auto' (returned as None)."""
     if str(value).lower() == 'auto':
         return None
     try:
         n = int(value)
     except ValueError:
-        raise ConfigError(f"--cka_groups {value!r}: give a positive integer or 'auto'") from None
+        raise ConfigError(f"{flag} {value!r}: give a positive integer or 'auto'") from None
     if n < 1:
-        raise ConfigError(f'--cka_groups {n}: give at least 1 group')
+        raise ConfigError(f'{flag} {n}: give at least 1 group')
     return n
 
 
@@ -129,9 +129,10 @@ def check_cka_options(opt) -> None:
                           f'{needed} images per batch; raise --batch_size')
 
 
-# Options that change the teacher groups or the CKA term: a resumed run must keep them.
 def check_resume_cka_options(opt, saved_options: Optional[dict]) -> None:
-    """Refuse a --resume whose --cka_* options differ from those the run folder recorded."""
+    """Refuse a --resume whose --cka_* options differ from those the run folder recorded: they
+    decide the teacher groups, the CKA term and what is logged, so a changed one would silently
+    switch them mid-run."""
     if not saved_options:
         return
     current = vars(opt)

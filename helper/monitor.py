@@ -48,9 +48,11 @@ def build_monitor(ctx, val_set, opt):
     if not opt.cka_monitor:
         return None
     needed = min_cka_samples(opt.cka_estimator)
-    if len(val_set) < needed:  # said now, not after the first epoch
-        print(f'note: CKA monitoring is off for this run: the test set holds {len(val_set)} images and the '
-              f'{opt.cka_estimator} estimator needs at least {needed}')
+    if min(len(val_set), opt.batch_size) < needed:  # said now, not after the first epoch
+        what = (f'the test set holds {len(val_set)} images' if len(val_set) < opt.batch_size
+                else f'--batch_size is {opt.batch_size}')
+        print(f'note: CKA monitoring is off for this run: {what} and the {opt.cka_estimator} CKA estimator '
+              f'needs at least {needed} per batch')
         return None
     student_layers = LayerOutputs(ctx.student, opt.cka_layers, ctx.input_shape)
     teacher_layers = LayerOutputs(ctx.teacher, opt.cka_layers, ctx.input_shape)

@@ -40,8 +40,12 @@ class RunFolder:
                               'continue it, or change --trial / --save_dir for a new run')
         self.saved_options = None
         if resume and os.path.isfile(self.file(OPTIONS_FILE)):
-            with open(self.file(OPTIONS_FILE)) as f:
-                self.saved_options = json.load(f)
+            try:
+                with open(self.file(OPTIONS_FILE)) as f:
+                    self.saved_options = json.load(f)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f'--resume: {self.file(OPTIONS_FILE)!r} is unreadable ({type(exc).__name__}); '
+                                  'restore it, or start a new --trial') from None
 
     def _open(self) -> None:
         """Create the folder and write options.json, once, before the run's first file."""

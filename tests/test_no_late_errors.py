@@ -90,7 +90,15 @@ def test_monitor_off_with_a_reason_when_the_test_set_is_too_small(capsys):
             matrix, _ = monitor.measure()
             assert np.isfinite(matrix).all()
         else:
-            assert 'needs at least 4' in capsys.readouterr().out
+            assert 'the test set holds 3 images' in capsys.readouterr().out
+
+
+def test_monitor_off_with_a_reason_when_batches_are_too_small(path_t, tmp_path, capsys):
+    """kd with batches of 3: no debiased CKA on them, said before training; the run goes on."""
+    summary = run_student(TINY + ['--path_t', str(path_t), '--model_s', 'resnet8', '--batch_size', '3',
+                                  '--save_dir', str(tmp_path)])
+    assert summary['epochs'] == 1
+    assert '--batch_size is 3' in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- item 2
@@ -222,3 +230,15 @@ def test_too_many_groups_suggests_blocks_only_for_stages(path_t, tmp_path, capsy
     assert '--cka_layers' not in line
     assert main(run_student, base + ['--cka_groups', '5', '--cka_layers', 'stages']) == 2
     one_line_error(capsys, 'stage-level', '--cka_layers blocks')
+
+
+@pytest.mark.parametrize('extra, words', [(['--batches', '0'], '--batches 0'),
+                                          (['--batch_size', '3'], '--batch_size 3'),
+                                          (['--n_groups', '0'], '--n_groups 0')])
+def test_group_command_checks_its_flags_first(tmp_path, capsys, extra, words):
+    from helper.teacher_groups import main as groups_main
+    args = ['--path_t', str(tmp_path / 'absent.pth'), '--dataset', 'synthetic', '--out', str(tmp_path / 'out'),
+            '--device', 'cpu'] + extra
+    assert groups_main(args) == 2
+    one_line_error(capsys, words)
+    assert not (tmp_path / 'out').exists()
