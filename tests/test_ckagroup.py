@@ -169,7 +169,8 @@ def test_every_listed_pair_takes_a_step(teacher, student):
 def test_bad_inputs_fail_before_training(tmp_path, capsys):
     path_t = _save_teacher(tmp_path, 'resnet8')
     wrong_file = tmp_path / 'groups.json'
-    wrong_file.write_text(json.dumps({'layer_names': ['a', 'b'], 'groups': [[0], [1]]}))
+    wrong_file.write_text(json.dumps({'layer_names': ['a', 'b'], 'groups': [[0], [1]],
+                                      'matrix': [[1.0, 0.5], [0.5, 1.0]], 'settings': {}}))
     base = TINY + ['--path_t', str(path_t), '--model_s', 'resnet8', '--distill', 'ckagroup', '--epochs', '1',
                    '--save_dir', str(tmp_path / 'save')]
     cases = [(['--cka_groups', '9'], 'exceeds'),  # resnet8 has stem + 3 blocks
