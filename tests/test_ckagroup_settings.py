@@ -147,7 +147,6 @@ def test_ckagroup_setting_end_to_end(teacher, tmp_path, case):
     # 4 student layers, quotas 4 * size / 7 rounded by largest remainder, every group at least 1
     ([1, 4, 2], [[0], [1, 2], [3]]),
     ([5, 1, 1], [[0, 1], [2], [3]]),
-    ([3, 4], [[0, 1], [2, 3]]),
 ])
 def test_proportional_student_split_end_to_end(teacher, tmp_path, teacher_sizes, student_groups):
     path_t, model = teacher

@@ -14,8 +14,8 @@ from distiller_zoo.ckagroup import CKAGroupLoss, LayerOutputs
 from helper.train import main, run_student
 from test_ckagroup import debiased_cka_reference
 
-# synthetic: 5 training images per class (50), 2 test images per class (20)
-TINY = ['--dataset', 'synthetic', '--train_per_class', '5', '--val_per_class', '2', '--num_workers', '0',
+# synthetic: 3 training images per class (30), 2 test images per class (20)
+TINY = ['--dataset', 'synthetic', '--train_per_class', '3', '--val_per_class', '2', '--num_workers', '0',
         '--device', 'cpu', '--print_freq', '5', '--learning_rate', '0.02', '--skip-validation',
         '--cka_batches', '1', '--epochs', '1']
 
@@ -96,17 +96,17 @@ def test_monitor_off_with_a_reason_when_the_test_set_is_too_small(capsys):
 def test_monitor_off_with_a_reason_when_batches_are_too_small(path_t, tmp_path, capsys):
     """kd with batches of 3: no debiased CKA on them, said before training; the run goes on."""
     summary = run_student(TINY + ['--path_t', str(path_t), '--model_s', 'resnet8', '--batch_size', '3',
-                                  '--save_dir', str(tmp_path)])
+                                  '--train_per_class', '1', '--save_dir', str(tmp_path)])
     assert summary['epochs'] == 1
     assert '--batch_size is 3' in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- item 2
 def test_biased_ckagroup_skips_a_last_batch_of_one(path_t, tmp_path):
-    """50 images in batches of 7 leave a last batch of 1: no CKA term there, the run goes on."""
-    summary = run_student(TINY + ['--path_t', str(path_t), '--model_s', 'resnet8', '--batch_size', '7',
+    """30 images in batches of 29 leave a last batch of 1: no CKA term there, the run goes on."""
+    summary = run_student(TINY + ['--path_t', str(path_t), '--model_s', 'resnet8', '--batch_size', '29',
                                   '--distill', 'ckagroup', '-b', '1', '--cka_estimator', 'biased',
-                                  '--cka_groups', '2', '--save_dir', str(tmp_path)])
+                                  '--cka_groups', '2', '--no-cka_monitor', '--save_dir', str(tmp_path)])
     assert summary['epochs'] == 1
     (run_dir,) = (tmp_path / 'students').iterdir()
     (record,) = json.loads((run_dir / 'metrics.json').read_text())
