@@ -82,23 +82,66 @@ class LayerOutputs:
             return tap.outputs
 
 
-def parse_n_groups(value) -> Optional[int]:
+def parse_n_groups(value, flag: str = '--cka_groups') -> Optional[int]:
     """`--cka_groups`: a positive integer, or 'auto' (returned as None)."""
     if str(value).lower() == 'auto':
         return None
     try:
         n = int(value)
     except ValueError:
-        raise ConfigError(f"--cka_groups {value!r}: give a positive integer or 'auto'") from None
+        raise ConfigError(f"{flag} {value!r}: give a positive integer or 'auto'") from None
     if n < 1:
-        raise ConfigError(f'--cka_groups {n}: give at least 1 group')
+        raise ConfigError(f'{flag} {n}: give at least 1 group')
     return n
 
 
 def check_n_groups(n: int, num_layers: int, who: str, kind: str) -> None:
     if n > num_layers:
+        more = ' (or --cka_layers blocks for more layers)' if kind == 'stages' else ''
         raise ConfigError(f'--cka_groups {n} exceeds the {num_layers} {kind.rstrip("s")}-level layers of the '
-                          f'{who}; use at most {num_layers} (or --cka_layers blocks for more layers)')
+                          f'{who}; use at most {num_layers}{more}')
+
+
+def min_cka_samples(estimator: str) -> int:
+    """Samples one batch needs for a CKA value: the unbiased HSIC divides by n - 3, the biased by n - 1."""
+    return 4 if estimator == 'debiased' else 2
+
+
+def check_cka_options(opt) -> None:
+    """Every --cka_* value that needs neither models nor data, checked when the options are parsed."""
+    n = parse_n_groups(opt.cka_groups)
+    for flag in ('cka_batches', 'cka_monitor_batches'):
+        if getattr(opt, flag) < 1:
+            raise ConfigError(f'--{flag} {getattr(opt, flag)}: give at least 1 batch')
+    if opt.cka_group_file is not None and not os.path.isfile(opt.cka_group_file):
+        raise ConfigError(f'--cka_group_file {opt.cka_group_file!r} does not exist; write one with '
+                          'python -m helper.cka_groups, or drop the flag to group the teacher before training')
+    if opt.cka_group_file is None and n is not None:
+        parse_weights(opt.cka_weights, opt.cka_agg, n)
+    else:  # the group count is known only with the groups: check the values now, the count then
+        count = len(opt.cka_weights.split(',')) if opt.cka_weights else 0
+        if opt.cka_agg == 'weighted' and not count:
+            raise ConfigError('--cka_agg weighted needs --cka_weights w1,...,wn, one weight per group')
+        parse_weights(opt.cka_weights, opt.cka_agg, count)
+    needed = min_cka_samples(opt.cka_estimator)
+    if opt.distill == 'ckagroup' and opt.batch_size < needed:
+        raise ConfigError(f'--batch_size {opt.batch_size}: the {opt.cka_estimator} CKA estimator needs at least '
+                          f'{needed} images per batch; raise --batch_size')
+
+
+def check_resume_cka_options(opt, saved_options: Optional[dict]) -> None:
+    """Refuse a --resume whose --cka_* options differ from those the run folder recorded: they
+    decide the teacher groups, the CKA term and what is logged, so a changed one would silently
+    switch them mid-run."""
+    if not saved_options:
+        return
+    current = vars(opt)
+    changed = [key for key in sorted(current) if key.startswith('cka_') and key in saved_options
+               and saved_options[key] != current[key]]
+    if changed:
+        key = changed[0]
+        raise ConfigError(f'--resume: --{key} {current[key]!r} differs from the run\'s {saved_options[key]!r} '
+                          f'(options.json); resume with the run\'s --cka_* options, or start a new --trial')
 
 
 @torch.no_grad()
@@ -151,22 +194,62 @@ def compute_teacher_groups(teacher: nn.Module, layers: LayerOutputs, dataset, n_
     return groups_to_json(layers.names, matrix, groups, settings=settings, stability=stability)
 
 
-def load_group_file(path: str, layer_names: Sequence[str], kind: str) -> dict:
+def _check_group_record(record) -> None:
+    """Raise ValueError unless `record` has every part of cka_groups.json that training reads."""
+    if not isinstance(record, dict):
+        raise ValueError(f'the file holds a {type(record).__name__}, not an object')
+    missing = [key for key in ('layer_names', 'matrix', 'groups', 'settings') if key not in record]
+    if missing:
+        raise ValueError(f'no {", ".join(repr(k) for k in missing)} entry')
+    names, matrix, groups = record['layer_names'], record['matrix'], record['groups']
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError("'layer_names' must be a list of strings")
+    if not isinstance(record['settings'], dict):
+        raise ValueError("'settings' must be an object")
+    size = len(names)
+    if (not isinstance(matrix, list) or len(matrix) != size
+            or not all(isinstance(row, list) and len(row) == size for row in matrix)):
+        raise ValueError(f"'matrix' must be {size} x {size}, one row and column per layer name")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+               for row in matrix for v in row):
+        raise ValueError("'matrix' must hold finite numbers")
+    if (not isinstance(groups, list) or not all(isinstance(g, list) for g in groups)
+            or not all(isinstance(i, int) and not isinstance(i, bool) for g in groups for i in g)):
+        raise ValueError("'groups' must be a list of lists of layer indices")
+    validate_groups(groups, size)
+
+
+def load_group_file(path: str, layer_names: Sequence[str], kind: str, flag: str = '--cka_group_file') -> dict:
+    """cka_groups.json, checked whole (keys, types, sizes, contiguous groups, the teacher's layer names)."""
     try:
         with open(path) as f:
             record = json.load(f)
-        names, groups = record['layer_names'], record['groups']
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f'--cka_group_file {path!r} is not a cka_groups.json file '
+        _check_group_record(record)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f'{flag} {path!r} is not a usable cka_groups.json file '
                           f'({type(exc).__name__}: {exc}); write one with python -m helper.cka_groups') from None
-    if list(names) != list(layer_names):
-        raise ConfigError(f'--cka_group_file {path!r} names {len(names)} layers that do not match the '
+    names = record['layer_names']
+    if names != list(layer_names):
+        raise ConfigError(f'{flag} {path!r} names {len(names)} layers that do not match the '
                           f"teacher's {len(layer_names)} {kind.rstrip('s')}-level layers; recompute it for this "
                           'teacher and --cka_layers')
-    try:
-        validate_groups(groups, len(layer_names))
-    except ValueError as exc:
-        raise ConfigError(f'--cka_group_file {path!r}: {exc}') from None
+    return record
+
+
+def _resumed_record(ctx: DistillContext, layer_names: Sequence[str], kind: str) -> Optional[dict]:
+    """--resume: the teacher record the run folder already holds (None when it has none), so that
+    the groups stay those of the run's first epochs whatever the batches or device now."""
+    if getattr(ctx.opt, 'resume', None) is None or not ctx.run_dir:
+        return None
+    path = os.path.join(ctx.run_dir, GROUPS_FILE)
+
+    def read():
+        if not os.path.isfile(path):
+            return None
+        return load_group_file(path, layer_names, kind, flag='--resume: the run folder\'s')
+    record = distributed.run_on_main(read)  # rank 0 holds the run folder
+    if record is not None and distributed.is_main():
+        print(f'resume: teacher groups {record["groups"]} read from {path} (not recomputed)')
     return record
 
 
@@ -181,6 +264,8 @@ def parse_weights(text: Optional[str], agg: str, n: int) -> Optional[List[float]
         weights = [float(w) for w in text.split(',')]
     except ValueError:
         raise ConfigError(f'--cka_weights {text!r}: give {n} comma-separated numbers') from None
+    if not all(np.isfinite(w) and w >= 0 for w in weights):
+        raise ConfigError(f'--cka_weights {text!r}: give finite, non-negative weights')
     if len(weights) != n:
         raise ConfigError(f'--cka_weights has {len(weights)} values but there are {n} groups; '
                           f'give exactly {n}')
@@ -194,8 +279,8 @@ class CKAGroupLoss(nn.Module):
     the n values CKA_Gi, and the full L_s x L_t CKA matrix (detached). CKA_Gi reduces the block of
     the matrix with student group i as rows and teacher group i as columns (`reduce`: mean, min or
     max); the loss aggregates 1 - CKA_Gi (`agg`: mean, sum, or weighted: sum_i w_i (1 - CKA_Gi)).
-    Teacher features are used under no_grad. The debiased estimator needs at least 4 samples: a
-    smaller (last) batch contributes a zero loss and is left out of the statistics.
+    Teacher features are used under no_grad. A batch smaller than the estimator needs (4 samples
+    debiased, 2 biased; a short last batch) contributes no loss and is left out of the statistics.
     """
 
     def __init__(self, student_groups, teacher_groups, reduce: str = 'mean', agg: str = 'mean',
@@ -228,8 +313,7 @@ class CKAGroupLoss(nn.Module):
         return blocks.masked_fill(~self.mask, float('-inf')).amax(dim=(1, 2))
 
     def forward(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]):
-        n = student_feats[0].shape[0]
-        if self.debiased and n < 4:
+        if student_feats[0].shape[0] < min_cka_samples('debiased' if self.debiased else 'biased'):
             return None
         with torch.no_grad():
             teacher_grams = normalized_grams(teacher_feats, self.kernel, self.debiased)
@@ -259,16 +343,18 @@ def resolve_groups(ctx: DistillContext, student_layers: LayerOutputs, teacher_la
     opt = ctx.opt
     n = parse_n_groups(opt.cka_groups)
     debiased = opt.cka_estimator == 'debiased'
-    if opt.cka_group_file:
+    record = _resumed_record(ctx, teacher_layers.names, opt.cka_layers)
+    if record is None and opt.cka_group_file:
         record = load_group_file(opt.cka_group_file, teacher_layers.names, opt.cka_layers)
-        if n is not None and n != len(record['groups']):
+    if record is not None:
+        if n is not None and n != len(record['groups']) and opt.cka_group_file:
             print(f'note: --cka_group_file has {len(record["groups"])} groups; --cka_groups {n} ignored')
         n = len(record['groups'])
     if n is not None:
         check_n_groups(n, len(student_layers), 'student', opt.cka_layers)
         check_n_groups(n, len(teacher_layers), 'teacher', opt.cka_layers)
         parse_weights(opt.cka_weights, opt.cka_agg, n)
-    if not opt.cka_group_file:
+    if record is None:
         if ctx.eval_train_set is None:
             raise ConfigError('grouping the teacher needs training data, or --cka_group_file')
         # Distributed: rank 0 groups the teacher and sends the record, so that every rank

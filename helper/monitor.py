@@ -17,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from distiller_zoo.ckagroup import GROUPS_FILE, CKAGroupLoss, LayerOutputs, log_group_cka, resolve_groups
+from distiller_zoo.ckagroup import (GROUPS_FILE, CKAGroupLoss, LayerOutputs, log_group_cka, min_cka_samples,
+                                    resolve_groups)
 from helper.cka import CKAAccumulator
 from helper.errors import ConfigError
 
@@ -25,8 +26,11 @@ MONITOR_FILE = 'cka_monitor.json'
 
 
 def held_out_batches(val_set, batches: int, batch_size: int, seed: int) -> list:
-    """The same `batches` image batches every epoch: a seeded shuffle of the validation set."""
+    """The same `batches` image batches every epoch: a seeded shuffle of the validation set.
+
+    A validation set smaller than one batch gives one batch of all its images."""
     generator = torch.Generator().manual_seed(seed)
+    batch_size = min(batch_size, len(val_set))
     loader = torch.utils.data.DataLoader(val_set, batch_size=batch_size, shuffle=True, generator=generator,
                                          num_workers=0, drop_last=True)
     images = []
@@ -38,9 +42,17 @@ def held_out_batches(val_set, batches: int, batch_size: int, seed: int) -> list:
 
 
 def build_monitor(ctx, val_set, opt):
-    """The monitor of a run, or None with --no-cka_monitor (or, for methods other than ckagroup,
-    when the --cka_* settings cannot group these models: training goes on, without monitoring)."""
+    """The monitor of a run, or None with --no-cka_monitor, with a test set too small for the
+    estimator, or (methods other than ckagroup) when the --cka_* settings cannot group these
+    models: training goes on, without monitoring, and a note says why."""
     if not opt.cka_monitor:
+        return None
+    needed = min_cka_samples(opt.cka_estimator)
+    if min(len(val_set), opt.batch_size) < needed:  # said now, not after the first epoch
+        what = (f'the test set holds {len(val_set)} images' if len(val_set) < opt.batch_size
+                else f'--batch_size is {opt.batch_size}')
+        print(f'note: CKA monitoring is off for this run: {what} and the {opt.cka_estimator} CKA estimator '
+              f'needs at least {needed} per batch')
         return None
     student_layers = LayerOutputs(ctx.student, opt.cka_layers, ctx.input_shape)
     teacher_layers = LayerOutputs(ctx.teacher, opt.cka_layers, ctx.input_shape)

@@ -9,6 +9,7 @@ import argparse
 import os
 
 from dataset import DATASET_NAMES
+from distiller_zoo.ckagroup import check_cka_options
 from helper.errors import ConfigError
 
 DISTILL_METHODS = ('kd', 'hint', 'attention', 'similarity', 'vid', 'crd', 'semckd', 'srrl',
@@ -142,6 +143,7 @@ def parse_teacher_options(argv=None) -> argparse.Namespace:
 
 def parse_student_options(argv=None) -> argparse.Namespace:
     opt = _finish(student_parser().parse_args(argv))
+    check_cka_options(opt)
     if opt.model_s in LOW_LR_MODELS and opt.learning_rate != 0.01:
         print(f'note: --learning_rate {opt.learning_rate} replaced by 0.01 for {opt.model_s} '
               '(the rule of the older repos for MobileNet/ShuffleNet students)')

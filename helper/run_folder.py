@@ -24,20 +24,36 @@ class RunFolder:
     In a distributed run only rank 0's folder is `enabled`: the others write nothing (no files,
     no TensorBoard events) but keep the history, and refuse a used folder alike, so that every
     rank stops together.
+
+    Nothing is written until the run writes its first file: a command rejected before that leaves
+    the folder exactly as it was (`saved_options`: the options.json a resumed run found there).
     """
 
     def __init__(self, path: str, options: dict, resume: bool, enabled: bool = True):
         self.path = path
         self.enabled = enabled  # False on every rank but 0 of a distributed run
         self._writer = None
+        self._options = options
         last = os.path.join(path, LAST_CKPT)
         if not resume and os.path.exists(last):
             raise ConfigError(f'run folder {path!r} already holds a checkpoint; pass --resume to '
                               'continue it, or change --trial / --save_dir for a new run')
-        if not enabled:
+        self.saved_options = None
+        if resume and os.path.isfile(self.file(OPTIONS_FILE)):
+            try:
+                with open(self.file(OPTIONS_FILE)) as f:
+                    self.saved_options = json.load(f)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f'--resume: {self.file(OPTIONS_FILE)!r} is unreadable ({type(exc).__name__}); '
+                                  'restore it, or start a new --trial') from None
+
+    def _open(self) -> None:
+        """Create the folder and write options.json, once, before the run's first file."""
+        if self._options is None:
             return
-        os.makedirs(path, exist_ok=True)
-        _write_json_atomic(options, os.path.join(path, OPTIONS_FILE))
+        os.makedirs(self.path, exist_ok=True)
+        _write_json_atomic(self._options, self.file(OPTIONS_FILE))
+        self._options = None
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -45,6 +61,7 @@ class RunFolder:
     @property
     def writer(self):
         if self._writer is None and self.enabled:
+            self._open()
             from torch.utils.tensorboard import SummaryWriter
             self._writer = SummaryWriter(log_dir=self.path)
         return self._writer
@@ -55,6 +72,7 @@ class RunFolder:
         history.append(record)
         if not self.enabled:
             return
+        self._open()
         _write_json_atomic(history, self.file(METRICS_FILE))
         epoch = record['epoch']
         for key, value in record.items():
@@ -70,6 +88,7 @@ class RunFolder:
 
     def write_json(self, name: str, obj) -> None:
         if self.enabled:
+            self._open()
             _write_json_atomic(obj, self.file(name))
 
     def close(self) -> None:

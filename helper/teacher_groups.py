@@ -16,7 +16,8 @@ import os
 import sys
 
 from dataset import DATASET_NAMES
-from distiller_zoo.ckagroup import GROUPS_FILE, LayerOutputs, compute_teacher_groups, parse_n_groups
+from distiller_zoo.ckagroup import (GROUPS_FILE, LayerOutputs, compute_teacher_groups, min_cka_samples,
+                                    parse_n_groups)
 from helper.checkpoint import load_teacher
 from helper.errors import ConfigError
 from helper.heatmap import save_png, teacher_caption, teacher_figure
@@ -43,13 +44,20 @@ def parser() -> argparse.ArgumentParser:
 
 def run(argv=None) -> dict:
     opt = parser().parse_args(argv)
+    n_groups = parse_n_groups(opt.n_groups, '--n_groups')
+    if opt.batches < 1:
+        raise ConfigError(f'--batches {opt.batches}: give at least 1 batch')
+    needed = min_cka_samples(opt.estimator)
+    if opt.batch_size < needed:
+        raise ConfigError(f'--batch_size {opt.batch_size}: the {opt.estimator} CKA estimator needs at least '
+                          f'{needed} images per batch; raise --batch_size')
     device = select_device(opt.device)
     opt.num_workers = 0
     data = load_data(opt, augment=False)
     teacher, arch = load_teacher(opt.path_t, data.num_classes, opt.dataset, device)
     layers = LayerOutputs(teacher, opt.layers, tuple(data.train[0][0].shape))
     record = compute_teacher_groups(
-        teacher, layers, data.train, parse_n_groups(opt.n_groups), opt.batches, opt.batch_size,
+        teacher, layers, data.train, n_groups, opt.batches, opt.batch_size,
         opt.kernel, opt.estimator == 'debiased', opt.seed, device,
         extra_settings={'teacher': arch, 'path_t': os.path.abspath(opt.path_t), 'dataset': opt.dataset})
     os.makedirs(opt.out, exist_ok=True)

@@ -13,6 +13,7 @@ import models
 from dataset import DatasetUnavailableError, build_datasets
 from dataset.device_data import DeviceImageLoader, uint8_images
 from distiller_zoo import DistillContext, build_distiller
+from distiller_zoo.ckagroup import check_resume_cka_options
 from helper import distributed
 from helper import options as options_mod
 from helper.checkpoint import freeze, load_checkpoint, load_teacher, save_atomic
@@ -343,6 +344,7 @@ def _student(opt) -> dict:
     student_arch = models.resolve_model_name(opt.model_s, opt.dataset)
     run = RunFolder(os.path.join(opt.save_dir, 'students', options_mod.student_run_name(opt, teacher_arch)),
                     _plain(vars(opt)), resume=opt.resume is not None, enabled=distributed.is_main())
+    check_resume_cka_options(opt, run.saved_options)
     ctx = DistillContext(student=student, teacher=teacher, student_name=student_arch,
                          teacher_name=teacher_arch, num_classes=data.num_classes,
                          input_shape=tuple(data.train[0][0].shape), num_train_samples=len(data.train),

@@ -150,16 +150,27 @@ def test_every_listed_pair_takes_a_step(teacher, student):
     with torch.no_grad():
         t_out = ModelOutputs(logits=t_model(images))
     s_out = ModelOutputs(logits=s_model(images))
+    # the layer outputs of that same pass, read before the distiller takes them
+    s_feats = [f.detach().double().numpy() for f in distiller.student_layers.tap.outputs]
+    t_feats = [f.double().numpy() for f in distiller.teacher_layers.tap.outputs]
     loss = distiller(s_out, t_out, Batch(images, torch.zeros(8, dtype=torch.long)))['ckagroup']
     loss.backward()
-    assert torch.isfinite(loss) and 0.0 <= loss.item() <= 2.0
-    assert len(distiller.teacher_groups) == len(distiller.student_groups) == 4
+    s_groups, t_groups = distiller.student_groups, distiller.teacher_groups
+    assert len(t_groups) == len(s_groups) == 4
+    num_s = len(s_model.block_layer_names())
+    assert [len(g) for g in s_groups] == [num_s // 4 + (i < num_s % 4) for i in range(4)]  # even, larger first
+    ref = np.array([[debiased_cka_reference(x, y) for y in t_feats] for x in s_feats])
+    expected = np.mean([1.0 - ref[np.ix_(gs, gt)].mean() for gs, gt in zip(s_groups, t_groups)])
+    assert loss.item() == pytest.approx(expected, abs=2e-4)
+    grads = [p.grad for p in s_model.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
 
 
 def test_bad_inputs_fail_before_training(tmp_path, capsys):
     path_t = _save_teacher(tmp_path, 'resnet8')
     wrong_file = tmp_path / 'groups.json'
-    wrong_file.write_text(json.dumps({'layer_names': ['a', 'b'], 'groups': [[0], [1]]}))
+    wrong_file.write_text(json.dumps({'layer_names': ['a', 'b'], 'groups': [[0], [1]],
+                                      'matrix': [[1.0, 0.5], [0.5, 1.0]], 'settings': {}}))
     base = TINY + ['--path_t', str(path_t), '--model_s', 'resnet8', '--distill', 'ckagroup', '--epochs', '1',
                    '--save_dir', str(tmp_path / 'save')]
     cases = [(['--cka_groups', '9'], 'exceeds'),  # resnet8 has stem + 3 blocks
