@@ -27,7 +27,7 @@ def read_scalars(run_dir):
 def teacher_ckpt(tmp_path_factory):
     save = tmp_path_factory.mktemp('save')
     summary = run_teacher(TINY + ['--model', 'resnet8', '--epochs', '2', '--save_dir', str(save)])
-    run_dir = save / 'teachers' / 'resnet8_vanilla_synthetic_lr_0.02_decay_0.0005_trial_1'
+    run_dir = save / 'teachers' / 'resnet8_vanilla_synthetic_lr_0.02_decay_0.0005_trial_0'
     assert summary['epochs'] == 2
     return run_dir / 'resnet8_best.pth'
 
