@@ -46,13 +46,13 @@ class ConvReg(nn.Module):
 
 
 class HintDistiller(Distiller):
-    """loss = MSE(ConvReg(f_s[hint_layer]), f_t[hint_layer]); opt: hint_layer (default 2)."""
+    """loss = MSE(ConvReg(f_s[hint_layer]), f_t[hint_layer]); opt: hint_layer (default 1)."""
 
     needs_feats = True
 
     def __init__(self, ctx: DistillContext):
         super().__init__(ctx)
-        self.hint_layer = int(opt_get(ctx, "hint_layer", 2))
+        self.hint_layer = int(opt_get(ctx, "hint_layer", 1))
         s_shapes, t_shapes = student_teacher_shapes(ctx)
         n = min(len(s_shapes), len(t_shapes))
         if not -n <= self.hint_layer < n:

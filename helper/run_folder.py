@@ -5,6 +5,7 @@ import json
 import os
 
 from helper.errors import ConfigError
+from helper.family_files import FAMILY_SCALARS
 
 OPTIONS_FILE = 'options.json'
 METRICS_FILE = 'metrics.json'
@@ -78,6 +79,8 @@ class RunFolder:
         for key, value in record.items():
             if key != 'epoch' and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, epoch)
+                if key in FAMILY_SCALARS:  # the older repos' name too, so their curves overlay ours
+                    self.writer.add_scalar(FAMILY_SCALARS[key], value, epoch)
         self.writer.flush()
 
     def log_figure(self, tag: str, figure, step: int) -> None:
