@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from helper import stats
+from helper.cka_groups import even_split
 from helper.errors import ConfigError
 
 DISTILL_ARGS = ('--distill', 'ckagroup', '-c', '1', '-d', '1')
@@ -333,11 +334,13 @@ def evaluate_checkpoint(path: str, dataset: str, data_folder: str, batch_size: i
 
 def flow_cka(record: dict, teacher_groups: Optional[list]) -> Optional[float]:
     """One yardstick of flow similarity for every row: the last monitored student x teacher matrix
-    averaged over the blocks of the student's monitor groups paired with the given (CKA) teacher
-    groups, so that rows whose own groups differ are measured alike."""
-    matrix, student_groups = record.get('monitor_matrix'), record.get('monitor_student_groups')
-    if matrix is None or teacher_groups is None or len(student_groups) != len(teacher_groups):
+    averaged over the blocks of the student's layers split evenly into as many groups as the given
+    (CKA) teacher groups, paired in order, so that rows whose own groups differ (one group, random
+    groups) are measured alike."""
+    matrix = record.get('monitor_matrix')
+    if matrix is None or teacher_groups is None or len(matrix) < len(teacher_groups):
         return None
+    student_groups = even_split(len(matrix), len(teacher_groups))
     blocks = [statistics.fmean(matrix[i][j] for i in s for j in t) for s, t in zip(student_groups, teacher_groups)]
     return statistics.fmean(blocks)
 

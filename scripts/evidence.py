@@ -103,7 +103,11 @@ def main(argv=None) -> int:
         else:
             smoke = {'teacher': json.load(open(os.path.join(args.smoke, 'teacher.json'))),
                      'runs': _load_runs(args.smoke)}
+            student = smoke['runs'][0]['argv'][smoke['runs'][0]['argv'].index('--model_s') + 1] if smoke['runs'] else None
             for c in evidence.COMPARISONS.values():
+                if (c.teacher.model, c.student) != (smoke['teacher']['model'], student):
+                    print(f'{c.name}: no estimate (the smoke ran {smoke["teacher"]["model"]} -> {student})')
+                    continue
                 hours = evidence.estimate_hours(c, smoke)
                 rows = ', '.join(f'{r} {h:.1f}' for r, h in hours['student_hours'].items())
                 print(f'{c.name}: {hours["total_hours"]:.1f} CPU-hours (teacher {hours["teacher_hours"]:.1f}; '

@@ -67,15 +67,16 @@ def test_a_declaration_the_instrument_cannot_measure_is_refused():
 def test_plateau_and_flow_cka_by_hand():
     assert evidence.plateau([1, 2, 3, 4], window=2) == pytest.approx(3.5 - 1.5)
     assert evidence.plateau([1, 2, 3], window=2) is None
-    record = {'monitor_matrix': [[0.9, 0.5, 0.1], [0.2, 0.6, 0.8]], 'monitor_student_groups': [[0], [1]]}
-    # CKA groups [0, 1] and [2]: mean(0.9, 0.5) = 0.7 and 0.8 -> 0.75
-    assert evidence.flow_cka(record, [[0, 1], [2]]) == pytest.approx(0.75)
+    record = {'monitor_matrix': [[0.9, 0.5, 0.1], [0.2, 0.6, 0.8], [0.0, 0.3, 0.4]]}
+    # student layers split evenly in two: [0, 1] and [2]; CKA groups [0, 1] and [2]:
+    # mean(0.9, 0.5, 0.2, 0.6) = 0.55 and 0.4 -> 0.475
+    assert evidence.flow_cka(record, [[0, 1], [2]]) == pytest.approx(0.475)
     assert evidence.flow_cka(record, None) is None
 
 
 def _fake_run(row, seed, top1, curve, groups=None):
     return {'row': row, 'seed': seed, 'test_top1_full': top1, 'curve': curve, 'epoch_seconds': 1.0,
-            'teacher_groups': groups, 'monitor_matrix': None, 'monitor_student_groups': None}
+            'teacher_groups': groups, 'monitor_matrix': None}
 
 
 def test_summary_from_raw_runs_by_hand(tmp_path):
