@@ -28,7 +28,7 @@ from distiller_zoo.base import Batch, DistillContext, Distiller, ModelOutputs
 from helper import distributed
 from helper.cka import CKAAccumulator, cka_from_grams, normalized_grams
 from helper.cka_groups import (auto_n_groups, boundary_stability, contiguous_groups, even_split,
-                               groups_to_json, proportional_split, validate_groups)
+                               groups_to_json, proportional_split, random_split, validate_groups)
 from helper.errors import ConfigError
 from helper.heatmap import save_png, student_teacher_figure, teacher_caption, teacher_figure
 from models import feature_shapes
@@ -367,10 +367,15 @@ def resolve_groups(ctx: DistillContext, student_layers: LayerOutputs, teacher_la
             n = len(record['groups'])
             parse_weights(opt.cka_weights, opt.cka_agg, n)
     teacher_groups = [list(g) for g in record['groups']]
-    if getattr(opt, 'cka_teacher_split', 'cka') == 'even':  # ablation: ignore the CKA structure
+    split = getattr(opt, 'cka_teacher_split', 'cka')
+    if split == 'even':  # ablation: ignore the CKA structure
         teacher_groups = even_split(len(teacher_layers), n)
         record = dict(record, groups=teacher_groups,
                       settings=dict(record['settings'], teacher_split='even'))
+    elif split == 'random':  # ablation: the null, a random contiguous partition per seed
+        teacher_groups = random_split(len(teacher_layers), n, opt.seed)
+        record = dict(record, groups=teacher_groups,
+                      settings=dict(record['settings'], teacher_split='random', split_seed=opt.seed))
     if opt.cka_student_split == 'proportional':
         student_groups = proportional_split(len(student_layers), teacher_groups)
     else:

@@ -130,8 +130,9 @@ def student_parser() -> argparse.ArgumentParser:
         help='log the student x teacher CKA matrix on held-out batches each epoch, for any method')
     add('--cka_monitor_batches', type=int, default=4,
         help='held-out validation batches (of --batch_size) the monitor measures on')
-    add('--cka_teacher_split', type=str, default='cka', choices=['cka', 'even'],
-        help="teacher groups from its CKA matrix, or 'even' (ablation: uniform groups)")
+    add('--cka_teacher_split', type=str, default='cka', choices=['cka', 'even', 'random'],
+        help="teacher groups from its CKA matrix, or (ablations) 'even': uniform groups, "
+             "'random': a random contiguous partition drawn from --seed")
     add('--cka_pairing', type=str, default='forward', choices=['forward', 'reversed'],
         help="student group i with teacher group i, or 'reversed' (ablation: with group n-1-i)")
     add('--cka_reduce', type=str, default='mean', choices=['mean', 'min', 'max'])

@@ -218,3 +218,21 @@ def test_ablations_even_teacher_groups_and_reversed_pairing():
     first, last = base.teacher_groups
     expected = [matrix[0:2, last[0]:last[-1] + 1].mean(), matrix[2:4, first[0]:first[-1] + 1].mean()]
     torch.testing.assert_close(reversed_.loss.group_values(matrix), torch.stack(expected))
+
+
+def test_random_teacher_groups_follow_the_seed_and_are_recorded():
+    torch.manual_seed(0)
+    teacher, student = models.build_model('resnet20', 10), models.build_model('resnet8', 10)
+    freeze(teacher)
+    runs = {seed: CKAGroupDistiller(_ctx(student, teacher, cka_groups='3', cka_teacher_split='random', seed=seed))
+            for seed in (0, 1, 2)}
+    for seed, distiller in runs.items():
+        groups = distiller.teacher_groups
+        assert len(groups) == 3 and [i for g in groups for i in g] == list(range(10))  # resnet20: 10 taps
+        assert distiller.teacher_record['groups'] == groups
+        assert distiller.teacher_record['settings']['teacher_split'] == 'random'
+        assert distiller.teacher_record['settings']['split_seed'] == seed
+        assert distiller.student_groups == [[0, 1], [2], [3]]  # the student keeps its even split
+    again = CKAGroupDistiller(_ctx(student, teacher, cka_groups='3', cka_teacher_split='random', seed=1))
+    assert again.teacher_groups == runs[1].teacher_groups
+    assert len({tuple(map(tuple, d.teacher_groups)) for d in runs.values()}) > 1
