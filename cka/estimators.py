@@ -59,6 +59,7 @@ __all__ = [
     "cka",
     "hsic_terms",
     "CKAAccumulator",
+    "min_cka_samples",
 ]
 
 KERNELS = ("linear", "rbf")
@@ -358,6 +359,11 @@ def cka(x: torch.Tensor, y: torch.Tensor, kernel: str = "linear", debiased: bool
         **kw) -> torch.Tensor:
     """CKA between two single layers (a 0-d tensor)."""
     return cka_matrix([x], [y], kernel, debiased, **kw)[0, 0]
+
+
+def min_cka_samples(estimator: str) -> int:
+    """Samples one batch needs for a CKA value: the unbiased HSIC divides by n - 3, the biased by n - 1."""
+    return 4 if estimator == 'debiased' else 2
 
 
 def _hsic_normaliser(n: int, debiased: bool) -> float:

@@ -173,6 +173,16 @@ def even_split(L: int, n: int) -> Groups:
     return groups_from_sizes([q + 1 if i < r else q for i in range(n)])
 
 
+def random_split(L: int, n: int, seed: int) -> Groups:
+    """``n`` contiguous groups of ``L`` layers at random, reproducible from ``seed``: the n-1
+    boundaries are n-1 distinct positions drawn from the L-1 gaps between layers, so every one of
+    the C(L-1, n-1) contiguous partitions is equally likely (the null for the CKA grouping)."""
+    n = _check_n(n, int(L))
+    gaps = np.random.default_rng(int(seed)).choice(int(L) - 1, size=n - 1, replace=False)
+    starts = [0] + sorted(int(g) + 1 for g in gaps) + [int(L)]
+    return groups_from_sizes([b - a for a, b in zip(starts, starts[1:])])
+
+
 def proportional_split(L_s: int, teacher_groups) -> Groups:
     """Split ``L_s`` student layers into as many contiguous groups as the teacher has, with sizes
     proportional to the teacher's group sizes, each >= 1, summing to ``L_s``.

@@ -1,7 +1,9 @@
 """CIFAR-10 / CIFAR-100 through torchvision, as :class:`ArrayImageDataset`.
 
 Files are looked for in torchvision's layout under ``root``
-(``cifar-10-batches-py/`` or ``cifar-100-python/``). When they are absent and
+(``cifar-10-batches-py/`` or ``cifar-100-python/``). When they are absent but the published
+archive (``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``) is in ``root``, it is checked
+against its published md5 and extracted there, offline. When both are absent and
 ``download=True``, the host is probed first (a few seconds at most) and the
 download runs under a socket timeout; offline, or on any download failure, a
 one-line :class:`DatasetUnavailableError` names ``--data_folder``.
@@ -22,6 +24,7 @@ import warnings
 
 import numpy as np
 from torchvision import datasets
+from torchvision.datasets.utils import check_integrity, extract_archive
 
 from . import net
 from .arrays import ArrayImageDataset
@@ -63,6 +66,26 @@ def _download(spec, root):
             f"{title} download failed ({type(e).__name__}: {msg}): {_layout_hint(cls, root)}") from e
 
 
+def _extract_published_archive(spec, root) -> bool:
+    """Extract ``root/<archive>`` into ``root`` when present and intact; False when absent."""
+    cls, title = spec["cls"], spec["title"]
+    archive = os.path.join(root, cls.filename)
+    if not os.path.isfile(archive):
+        return False
+    if not check_integrity(archive, cls.tgz_md5):
+        raise DatasetUnavailableError(
+            f"{title} archive '{archive}' is corrupt (its md5 is not the published {cls.tgz_md5}); "
+            f"replace it with the published {cls.filename}, or extract the right one into "
+            f"--data_folder ({_layout_hint(cls, root)})")
+    try:
+        extract_archive(archive, root)
+    except (OSError, tarfile.TarError, EOFError) as e:
+        raise DatasetUnavailableError(
+            f"{title} archive '{archive}' could not be extracted ({type(e).__name__}: {e}); "
+            f"make --data_folder writable or extract it there yourself") from e
+    return True
+
+
 def _read_batches_unchecked(cls, root, train):
     """Read the pickled batches without md5 checks (same format torchvision reads)."""
     base = os.path.join(root, cls.base_folder)
@@ -84,7 +107,7 @@ def load_cifar(name, root, train, download=True) -> ArrayImageDataset:
     spec = _SPECS[name]
     cls = spec["cls"]
     root = os.fspath(root)
-    if not _files_present(cls, root):
+    if not _files_present(cls, root) and not _extract_published_archive(spec, root):
         if not download:
             raise DatasetUnavailableError(
                 f"{spec['title']} not found (download disabled): {_layout_hint(cls, root)}")

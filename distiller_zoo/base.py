@@ -109,7 +109,7 @@ class Distiller(nn.Module):
     def end_epoch(self, epoch: int, run) -> dict:
         """Called once per epoch after training; returns scalars for the metrics record.
 
-        `run` is the run folder (`log_image(tag, hwc_uint8, step)`, `write_json(name, obj)`,
+        `run` is the run folder (`log_cka_matrix(...)`, `log_figure(tag, figure, step)`, `write_json(name, obj)`,
         `file(name)`; it does nothing on ranks other than 0). Accumulators are reset here.
         """
         return {}

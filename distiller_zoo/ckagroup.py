@@ -15,13 +15,15 @@ block, and the full matrix is what the epoch heatmap shows.
 """
 from __future__ import annotations
 
+import os
 from typing import List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 import models
-from cka import cka_from_grams, normalized_grams, validate_groups
+from cka import cka_from_grams, min_cka_samples, normalized_grams, validate_groups
 from distiller_zoo.base import Batch, DistillContext, Distiller, ModelOutputs
 from runtime import collectives
 from runtime.errors import ConfigError
@@ -29,19 +31,34 @@ from runtime.errors import ConfigError
 MATRICES_FILE = 'cka_matrices.json'
 
 
+def parse_n_groups(value, flag: str = '--cka_groups') -> Optional[int]:
+    """`--cka_groups`: a positive integer, or 'auto' (returned as None)."""
+    if str(value).lower() == 'auto':
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"{flag} {value!r}: give a positive integer or 'auto'") from None
+    if n < 1:
+        raise ConfigError(f'{flag} {n}: give at least 1 group')
+    return n
+
+
 def parse_weights(text: Optional[str], agg: str, n: Optional[int]) -> Optional[List[float]]:
-    """`--cka_weights` for `--cka_agg`: n floats with `weighted` (any count while n is unknown,
-    None), else None."""
+    """`--cka_weights` for `--cka_agg`: n finite, non-negative floats with `weighted` (any count
+    while n is unknown, None), else None."""
     if agg != 'weighted':
         if text:
             raise ConfigError('--cka_weights is only used with --cka_agg weighted')
         return None
     if not text:
-        raise ConfigError(f'--cka_agg weighted needs --cka_weights with {n or "n"} comma-separated values')
+        raise ConfigError('--cka_agg weighted needs --cka_weights w1,...,wn, one weight per group')
     try:
         weights = [float(w) for w in text.split(',')]
     except ValueError:
         raise ConfigError(f'--cka_weights {text!r}: give {n or "n"} comma-separated numbers') from None
+    if not all(np.isfinite(w) and w >= 0 for w in weights):
+        raise ConfigError(f'--cka_weights {text!r}: give finite, non-negative weights')
     if n is not None and len(weights) != n:
         raise ConfigError(f'--cka_weights has {len(weights)} values but there are {n} groups; '
                           f'give exactly {n}')
@@ -55,8 +72,8 @@ class CKAGroupLoss(nn.Module):
     the n values CKA_Gi, and the full L_s x L_t CKA matrix (detached). CKA_Gi reduces the block of
     the matrix with student group i as rows and teacher group i as columns (`reduce`: mean, min or
     max); the loss aggregates 1 - CKA_Gi (`agg`: mean, sum, or weighted: sum_i w_i (1 - CKA_Gi)).
-    Teacher features are used under no_grad. The debiased estimator needs at least 4 samples: a
-    smaller (last) batch contributes a zero loss and is left out of the statistics.
+    Teacher features are used under no_grad. A batch smaller than the estimator needs (4 samples
+    debiased, 2 biased; a short last batch) contributes no loss and is left out of the statistics.
     """
 
     def __init__(self, student_groups, teacher_groups, reduce: str = 'mean', agg: str = 'mean',
@@ -89,8 +106,7 @@ class CKAGroupLoss(nn.Module):
         return blocks.masked_fill(~self.mask, float('-inf')).amax(dim=(1, 2))
 
     def forward(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]):
-        n = student_feats[0].shape[0]
-        if self.debiased and n < 4:
+        if student_feats[0].shape[0] < min_cka_samples('debiased' if self.debiased else 'biased'):
             return None
         with torch.no_grad():
             teacher_grams = normalized_grams(teacher_feats, self.kernel, self.debiased)
@@ -123,8 +139,9 @@ class CKAGroupDistiller(Distiller):
         add('--cka_estimator', type=str, default='debiased', choices=['biased', 'debiased'])
         add('--cka_kernel', type=str, default='linear', choices=['linear', 'rbf'])
         add('--cka_student_split', type=str, default='even', choices=['even', 'proportional'])
-        add('--cka_teacher_split', type=str, default='cka', choices=['cka', 'even'],
-            help="teacher groups from its CKA matrix, or 'even' (ablation: uniform groups)")
+        add('--cka_teacher_split', type=str, default='cka', choices=['cka', 'even', 'random'],
+            help="teacher groups from its CKA matrix, or (ablations) 'even': uniform groups, "
+                 "'random': a random contiguous partition drawn from --seed")
         add('--cka_pairing', type=str, default='forward', choices=['forward', 'reversed'],
             help="student group i with teacher group i, or 'reversed' (ablation: with group n-1-i)")
         add('--cka_reduce', type=str, default='mean', choices=['mean', 'min', 'max'])
@@ -136,8 +153,20 @@ class CKAGroupDistiller(Distiller):
 
     @classmethod
     def check_options(cls, opt) -> None:
-        n = str(opt.cka_groups)
-        parse_weights(opt.cka_weights, opt.cka_agg, int(n) if n.isdigit() else None)
+        """Every --cka_* value that needs neither models nor data (whatever --distill: the CKA
+        monitor of every method groups with them too)."""
+        n = parse_n_groups(opt.cka_groups)
+        if opt.cka_batches < 1:
+            raise ConfigError(f'--cka_batches {opt.cka_batches}: give at least 1 batch')
+        if opt.cka_group_file is not None and not os.path.isfile(opt.cka_group_file):
+            raise ConfigError(f'--cka_group_file {opt.cka_group_file!r} does not exist; write one with '
+                              'python -m helper.teacher_groups, or drop the flag to group the teacher before training')
+        # the group count is known now only without a group file; otherwise the count is checked with the groups
+        parse_weights(opt.cka_weights, opt.cka_agg, n if opt.cka_group_file is None else None)
+        needed = min_cka_samples(opt.cka_estimator)
+        if opt.distill == 'ckagroup' and opt.batch_size < needed:
+            raise ConfigError(f'--batch_size {opt.batch_size}: the {opt.cka_estimator} CKA estimator needs at '
+                              f'least {needed} images per batch; raise --batch_size')
 
     def __init__(self, ctx: DistillContext):
         super().__init__(ctx)

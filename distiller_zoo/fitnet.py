@@ -52,7 +52,7 @@ class HintDistiller(Distiller):
 
     @classmethod
     def add_options(cls, parser) -> None:
-        parser.add_argument('--hint_layer', default=2, type=int, choices=[0, 1, 2, 3, 4])
+        parser.add_argument('--hint_layer', default=1, type=int, choices=[0, 1, 2, 3, 4])
 
     def __init__(self, ctx: DistillContext):
         super().__init__(ctx)

@@ -102,6 +102,11 @@ class SimKDDistiller(Distiller):
     def deploy_state(self) -> dict:
         return simkd_inference_state(self)
 
+    def family_checkpoint_entries(self) -> dict:
+        """The SimKD repo's student checkpoints hold the projector's state_dict as 'proj' (same
+        keys: transfer.0.weight, ...), which its evaluation code reads."""
+        return {'proj': self.projector.state_dict()}
+
     def forward(self, student_out, teacher_out, batch):
         f_s = student_out.feats[self.feat_index]
         f_t = teacher_out.feats[self.feat_index]

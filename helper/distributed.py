@@ -139,6 +139,11 @@ def launch(entry: Callable, opt):
     timeout_s = getattr(opt, 'dist_timeout', DEFAULT_TIMEOUT_S)
     if launched_by_torchrun():
         rank_ = int(os.environ['RANK'])
+        try:
+            share_per_process(opt, _torchrun_processes_per_node(), announce=rank_ == 0)
+        except ConfigError as exc:
+            exc.quiet = rank_ != 0  # every rank finds it alike: rank 0 says it
+            raise
         if getattr(opt, 'multiprocessing_distributed', False) and rank_ == 0:
             print('note: started by torchrun; --multiprocessing-distributed ignored')
         where = (f"torchrun's rendezvous (MASTER_ADDR {os.environ.get('MASTER_ADDR')}, "
@@ -162,9 +167,35 @@ def launch(entry: Callable, opt):
     if nproc < 1:
         raise ConfigError('--multiprocessing-distributed found no GPU; pass --nproc N to train with '
                           'N CPU processes (gloo)')
+    share_per_process(opt, nproc, announce=True)
     check_url_free(opt.dist_url)
     results = spawn(_spawned_entry, nproc, (entry, opt, nproc))
     return results.get(0)
+
+
+def share_per_process(opt, processes_per_node: int, announce: bool) -> None:
+    """The older repos' rule: `--batch_size` and `--num_workers` are given per node and divided
+    over its processes (the batch exactly, the workers rounded up), so a recipe keeps its batch
+    and learning rate on any number of GPUs. The given values stay in `batch_size_per_node` and
+    `num_workers_per_node`."""
+    if opt.batch_size % processes_per_node:
+        raise ConfigError(f'--batch_size {opt.batch_size} does not divide over the {processes_per_node} '
+                          f'processes per node; give a multiple of {processes_per_node}')
+    opt.batch_size_per_node, opt.num_workers_per_node = opt.batch_size, opt.num_workers
+    opt.batch_size = opt.batch_size // processes_per_node
+    opt.num_workers = -(-opt.num_workers // processes_per_node)
+    if announce:
+        print(f'--batch_size {opt.batch_size_per_node} and --num_workers {opt.num_workers_per_node} are '
+              f'per node: each of its {processes_per_node} processes takes --batch_size {opt.batch_size}, '
+              f'--num_workers {opt.num_workers}', flush=True)
+
+
+def _torchrun_processes_per_node() -> int:
+    value = os.environ.get('LOCAL_WORLD_SIZE', '')
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError('LOCAL_WORLD_SIZE (the processes per node) is not set; launch with torchrun, '
+                          'which sets it, or set it beside RANK / WORLD_SIZE / LOCAL_RANK')
+    return int(value)
 
 
 def _spawned_entry(index: int, entry: Callable, opt, nproc: int):

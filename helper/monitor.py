@@ -17,15 +17,18 @@ import numpy as np
 import torch
 
 import models
-from cka import CKAAccumulator, PairedGroups
+from cka import CKAAccumulator, PairedGroups, min_cka_samples
 from distiller_zoo.ckagroup import CKAGroupLoss
 
 MONITOR_FILE = 'cka_monitor.json'
 
 
 def held_out_batches(val_set, batches: int, batch_size: int, seed: int) -> list:
-    """The same `batches` image batches every epoch: a seeded shuffle of the validation set."""
+    """The same `batches` image batches every epoch: a seeded shuffle of the validation set.
+
+    A validation set smaller than one batch gives one batch of all its images."""
     generator = torch.Generator().manual_seed(seed)
+    batch_size = min(batch_size, len(val_set))
     loader = torch.utils.data.DataLoader(val_set, batch_size=batch_size, shuffle=True, generator=generator,
                                          num_workers=0, drop_last=True)
     images = []
@@ -34,6 +37,21 @@ def held_out_batches(val_set, batches: int, batch_size: int, seed: int) -> list:
             break
         images.append(batch)
     return images
+
+
+def monitor_wanted(val_set, opt) -> bool:
+    """Whether the run is monitored: --cka_monitor, and batches of the test set large enough for
+    the estimator (if not, a note says why, now rather than after the first epoch)."""
+    if not opt.cka_monitor:
+        return False
+    needed = min_cka_samples(opt.cka_estimator)
+    if min(len(val_set), opt.batch_size) < needed:
+        what = (f'the test set holds {len(val_set)} images' if len(val_set) < opt.batch_size
+                else f'--batch_size is {opt.batch_size}')
+        print(f'note: CKA monitoring is off for this run: {what} and the {opt.cka_estimator} CKA estimator '
+              f'needs at least {needed} per batch')
+        return False
+    return True
 
 
 def build_monitor(student, teacher, groups: PairedGroups, val_set, opt, input_shape, device) -> 'CKAMonitor':

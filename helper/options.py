@@ -9,22 +9,36 @@ from __future__ import annotations
 
 import argparse
 import os
+import zlib
 
 from dataset import DATASET_NAMES
 from distiller_zoo import distiller_class, distiller_names
 from runtime.errors import ConfigError
 
-# The older repos train these students with lr 0.01 whatever --learning_rate says.
+# The older repos train these models (students and teachers) with lr 0.01 whatever --learning_rate says.
 LOW_LR_MODELS = ('MobileNetV2', 'MobileNetV2_1_0', 'ShuffleV1', 'ShuffleV2', 'ShuffleV2_1_5')
 
 
-def _common(parser: argparse.ArgumentParser, print_freq: int) -> None:
+SEED_LIMIT = 2**32
+
+
+def seed_of_trial(trial: str) -> int:
+    """The default seed of a run: a trial of digits is that number (below 2**32), any other
+    trial name its CRC-32, so that every trial draws its own initialisation, data order and
+    augmentation, and the same trial draws the same again."""
+    if trial.isascii() and trial.isdigit() and int(trial) < SEED_LIMIT:
+        return int(trial)
+    return zlib.crc32(trial.encode('utf-8'))
+
+
+def _common(parser: argparse.ArgumentParser, trial_flags: tuple, trial_default: str) -> None:
     add = parser.add_argument
-    add('--print_freq', type=int, default=print_freq, help='print frequency (batches)')
+    add('--print_freq', type=int, default=200, help='print frequency (batches)')
     add('--batch_size', type=int, default=64,
-        help='batch size per process: a distributed run of N processes steps on N x this')
+        help='batch size; a distributed run divides it by the processes per node (the older repos\' rule)')
     add('--num_workers', type=int, default=8,
-        help='data loading workers per process (0: in the training process)')
+        help='data loading workers (0: in the training process); a distributed run divides them by '
+             'the processes per node, rounding up')
     add('--epochs', type=int, default=240, help='number of training epochs')
     add('--gpu_id', type=str, default=None,
         help='ids for CUDA_VISIBLE_DEVICES, e.g. "0,1" (default: leave the environment alone)')
@@ -34,7 +48,8 @@ def _common(parser: argparse.ArgumentParser, print_freq: int) -> None:
     add('--weight_decay', type=float, default=5e-4, help='weight decay')
     add('--momentum', type=float, default=0.9, help='momentum')
     add('--dataset', type=str, default='cifar100', choices=DATASET_NAMES, help='dataset')
-    add('--trial', type=str, default='1', help='trial id')
+    add(*trial_flags, type=str, default=trial_default,
+        help='trial id: names the run folder and, unless --seed is given, sets the seed')
     add('--dali', type=str, choices=['cpu', 'gpu'], default=None,
         help='NVIDIA DALI loading of the older repos: not supported here (use the default loader)')
     add('--multiprocessing-distributed', action='store_true',
@@ -46,7 +61,9 @@ def _common(parser: argparse.ArgumentParser, print_freq: int) -> None:
     add('--deterministic', action='store_true', help='deterministic algorithms and data order')
     # Options the older repos did not have.
     add('--data_folder', type=str, default='./data', help='where data sets are read (and downloaded)')
-    add('--seed', type=int, default=0, help='random seed (model init, data order, augmentation)')
+    add('--seed', type=int, default=None,
+        help='random seed (model init, data order, augmentation); default: from --trial (a number: '
+             'that number, other text: its CRC-32)')
     add('--resume', nargs='?', const='last', default=None, metavar='CKPT',
         help="continue an interrupted run: from its run folder's last checkpoint, or from CKPT")
     add('--save_dir', type=str, default='./save', help='root folder of run folders')
@@ -76,14 +93,14 @@ def _common(parser: argparse.ArgumentParser, print_freq: int) -> None:
 
 def teacher_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser('train a teacher (or any model) with cross-entropy')
-    _common(parser, print_freq=100)
-    parser.add_argument('--model', type=str, default='resnet110', help='model name (see models.model_dict)')
+    _common(parser, trial_flags=('-t', '--trial'), trial_default='0')
+    parser.add_argument('--model', type=str, default='resnet32x4', help='model name (see models.model_dict)')
     return parser
 
 
 def student_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser('distil a student from a trained teacher')
-    _common(parser, print_freq=200)
+    _common(parser, trial_flags=('--trial',), trial_default='1')
     add = parser.add_argument
     add('--model_s', type=str, default='resnet8x4', help='student model name')
     add('--path_t', type=str, default=None, help='teacher checkpoint')
@@ -111,21 +128,33 @@ def _finish(opt: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError(f'--nproc {opt.nproc}: give at least 1 process')
     if not opt.dist_timeout > 0:
         raise ConfigError(f'--dist_timeout {opt.dist_timeout}: give a positive number of seconds')
+    if opt.seed is None:
+        opt.seed = seed_of_trial(opt.trial)
+    elif not 0 <= opt.seed < SEED_LIMIT:
+        raise ConfigError(f'--seed {opt.seed}: give a seed from 0 to {SEED_LIMIT - 1}')
+    return opt
+
+
+def _low_lr_rule(opt: argparse.Namespace, model: str) -> argparse.Namespace:
+    if model in LOW_LR_MODELS and opt.learning_rate != 0.01:
+        print(f'note: --learning_rate {opt.learning_rate} replaced by 0.01 for {model} '
+              '(the rule of the older repos for MobileNet/ShuffleNet models)')
+        opt.learning_rate = 0.01
     return opt
 
 
 def parse_teacher_options(argv=None) -> argparse.Namespace:
-    return _finish(teacher_parser().parse_args(argv))
+    opt = _finish(teacher_parser().parse_args(argv))
+    return _low_lr_rule(opt, opt.model)
 
 
 def parse_student_options(argv=None) -> argparse.Namespace:
     opt = _finish(student_parser().parse_args(argv))
-    distiller_class(opt.distill).check_options(opt)
-    if opt.model_s in LOW_LR_MODELS and opt.learning_rate != 0.01:
-        print(f'note: --learning_rate {opt.learning_rate} replaced by 0.01 for {opt.model_s} '
-              '(the rule of the older repos for MobileNet/ShuffleNet students)')
-        opt.learning_rate = 0.01
-    return opt
+    if opt.cka_monitor_batches < 1:
+        raise ConfigError(f'--cka_monitor_batches {opt.cka_monitor_batches}: give at least 1 batch')
+    for name in distiller_names():  # every flag is checked, whatever --distill (the CKA monitor reads ckagroup's)
+        distiller_class(name).check_options(opt)
+    return _low_lr_rule(opt, opt.model_s)
 
 
 def teacher_run_name(opt: argparse.Namespace) -> str:

@@ -1,5 +1,5 @@
 """One folder per run: options, per-epoch metrics as JSON, TensorBoard events, checkpoints, and
-the per-epoch CKA matrices with their heatmaps."""
+the per-epoch CKA matrices with their figures."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,8 @@ import os
 
 import numpy as np
 
-from cka import heatmap_image
+from cka import student_teacher_figure
+from helper.family_files import FAMILY_SCALARS
 from runtime.errors import ConfigError
 
 OPTIONS_FILE = 'options.json'
@@ -28,20 +29,36 @@ class RunFolder:
     In a distributed run only rank 0's folder is `enabled`: the others write nothing (no files,
     no TensorBoard events) but keep the history, and refuse a used folder alike, so that every
     rank stops together.
+
+    Nothing is written until the run writes its first file: a command rejected before that leaves
+    the folder exactly as it was (`saved_options`: the options.json a resumed run found there).
     """
 
     def __init__(self, path: str, options: dict, resume: bool, enabled: bool = True):
         self.path = path
         self.enabled = enabled  # False on every rank but 0 of a distributed run
         self._writer = None
+        self._options = options
         last = os.path.join(path, LAST_CKPT)
         if not resume and os.path.exists(last):
             raise ConfigError(f'run folder {path!r} already holds a checkpoint; pass --resume to '
                               'continue it, or change --trial / --save_dir for a new run')
-        if not enabled:
+        self.saved_options = None
+        if resume and os.path.isfile(self.file(OPTIONS_FILE)):
+            try:
+                with open(self.file(OPTIONS_FILE)) as f:
+                    self.saved_options = json.load(f)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f'--resume: {self.file(OPTIONS_FILE)!r} is unreadable ({type(exc).__name__}); '
+                                  'restore it, or start a new --trial') from None
+
+    def _open(self) -> None:
+        """Create the folder and write options.json, once, before the run's first file."""
+        if self._options is None:
             return
-        os.makedirs(path, exist_ok=True)
-        _write_json_atomic(options, os.path.join(path, OPTIONS_FILE))
+        os.makedirs(self.path, exist_ok=True)
+        _write_json_atomic(self._options, self.file(OPTIONS_FILE))
+        self._options = None
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -49,6 +66,7 @@ class RunFolder:
     @property
     def writer(self):
         if self._writer is None and self.enabled:
+            self._open()
             from torch.utils.tensorboard import SummaryWriter
             self._writer = SummaryWriter(log_dir=self.path)
         return self._writer
@@ -59,30 +77,38 @@ class RunFolder:
         history.append(record)
         if not self.enabled:
             return
+        self._open()
         _write_json_atomic(history, self.file(METRICS_FILE))
         epoch = record['epoch']
         for key, value in record.items():
             if key != 'epoch' and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, epoch)
+                if key in FAMILY_SCALARS:  # the older repos' name too, so their curves overlay ours
+                    self.writer.add_scalar(FAMILY_SCALARS[key], value, epoch)
         self.writer.flush()
 
-    def log_image(self, tag: str, image_hwc, step: int) -> None:
+    def log_figure(self, tag: str, figure, step: int) -> None:
+        """A matplotlib figure as a TensorBoard image; the figure is closed (freed) afterwards."""
         if self.enabled:
-            self.writer.add_image(tag, image_hwc, step, dataformats='HWC')
+            self.writer.add_figure(tag, figure, step, close=True)
             self.writer.flush()
 
     def write_json(self, name: str, obj) -> None:
         if self.enabled:
+            self._open()
             _write_json_atomic(obj, self.file(name))
 
     def log_cka_matrix(self, prefix: str, filename: str, epoch: int, matrix, group_values: list,
                        student_names, teacher_names, student_groups, teacher_groups) -> dict:
-        """Log one epoch's student x teacher CKA matrix: the heatmap `<prefix>/student_x_teacher`
-        (paired group blocks outlined), the epoch appended to the folder's `filename` (an earlier
-        record of the same or a later epoch, left by an interrupted run, is replaced), and the
-        scalars `<prefix>/group_<i>` and `<prefix>/group_mean`, returned for the epoch's record."""
-        self.log_image(f'{prefix}/student_x_teacher', heatmap_image(matrix, student_groups, teacher_groups), epoch)
+        """Log one epoch's student x teacher CKA matrix: the figure `<prefix>/student_x_teacher`
+        (paired group blocks outlined, each block's value written in it), the epoch appended to the
+        folder's `filename` (an earlier record of the same or a later epoch, left by an interrupted
+        run, is replaced), and the scalars `<prefix>/group_<i>` and `<prefix>/group_mean`, returned
+        for the epoch's metrics record."""
         if self.enabled:
+            self.log_figure(f'{prefix}/student_x_teacher', student_teacher_figure(
+                matrix, student_names, teacher_names, student_groups, teacher_groups, group_values,
+                title=f'{prefix}: student x teacher CKA, epoch {epoch}'), epoch)
             history = [h for h in _read_json(self.file(filename)) if h['epoch'] < epoch]
             history.append({'epoch': epoch, 'student_layers': list(student_names),
                             'teacher_layers': list(teacher_names), 'student_groups': student_groups,

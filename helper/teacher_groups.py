@@ -5,7 +5,7 @@ method their paired groups: it computes the teacher's layer-by-layer CKA matrix 
 and splits it into contiguous groups (`cka.contiguous_groups`), or loads the groups of
 `--cka_group_file`, or, on resume, of the run folder's own `cka_groups.json`; in a distributed run
 rank 0 does so and sends the record to every rank. `write_teacher_groups` puts `cka_groups.json`,
-`cka_groups.png` and the TensorBoard image `cka/teacher` in the run folder.
+`cka_groups.png` and the TensorBoard figure `cka/teacher` in the run folder.
 
 The command line computes the same record without training:
 
@@ -13,8 +13,8 @@ The command line computes the same record without training:
         --n_groups N|auto --batches K --out DIR
 
 writes DIR/cka_groups.json (layer names, the teacher matrix, the groups, every setting, and how
-stable the boundaries are across batches) and DIR/cka_groups.png (the matrix with the groups
-outlined); train_student.py accepts the JSON as --cka_group_file.
+stable the boundaries are across batches) and DIR/cka_groups.png (the matrix with layer names, a
+colour bar and the groups outlined); train_student.py accepts the JSON as --cka_group_file.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -30,8 +31,10 @@ from torch import nn
 
 import models
 from cka import (CKAAccumulator, PairedGroups, auto_n_groups, boundary_stability, contiguous_groups, even_split,
-                 groups_to_json, heatmap_image, pair_groups, save_heatmap_png, validate_groups)
+                 groups_to_json, min_cka_samples, pair_groups, random_split, save_png, teacher_caption,
+                 teacher_figure, validate_groups)
 from dataset import DATASET_NAMES
+from distiller_zoo.ckagroup import parse_n_groups
 from helper.checkpoint import load_teacher
 from runtime import collectives
 from runtime.errors import ConfigError
@@ -40,23 +43,26 @@ GROUPS_FILE = 'cka_groups.json'
 GROUPS_PNG = 'cka_groups.png'
 
 
-def parse_n_groups(value, flag: str = '--cka_groups') -> Optional[int]:
-    """A positive integer, or 'auto' (returned as None)."""
-    if str(value).lower() == 'auto':
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise ConfigError(f"{flag} {value!r}: give a positive integer or 'auto'") from None
-    if n < 1:
-        raise ConfigError(f'{flag} {n}: give at least 1 group')
-    return n
-
-
 def check_n_groups(n: int, num_layers: int, who: str, kind: str) -> None:
     if n > num_layers:
+        more = ' (or --cka_layers blocks for more layers)' if kind == 'stages' else ''
         raise ConfigError(f'--cka_groups {n} exceeds the {num_layers} {kind.rstrip("s")}-level layers of the '
-                          f'{who}; use at most {num_layers} (or --cka_layers blocks for more layers)')
+                          f'{who}; use at most {num_layers}{more}')
+
+
+def check_resume_cka_options(opt, saved_options: Optional[dict]) -> None:
+    """Refuse a --resume whose --cka_* options differ from those the run folder recorded: they
+    decide the teacher groups, the CKA term and what is logged, so a changed one would silently
+    switch them mid-run."""
+    if not saved_options:
+        return
+    current = vars(opt)
+    changed = [key for key in sorted(current) if key.startswith('cka_') and key in saved_options
+               and saved_options[key] != current[key]]
+    if changed:
+        key = changed[0]
+        raise ConfigError(f'--resume: --{key} {current[key]!r} differs from the run\'s {saved_options[key]!r} '
+                          f'(options.json); resume with the run\'s --cka_* options, or start a new --trial')
 
 
 @torch.no_grad()
@@ -109,22 +115,45 @@ def compute_teacher_groups(teacher: nn.Module, kind: str, layer_names: Sequence[
     return groups_to_json(layer_names, matrix, groups, settings=settings, stability=stability)
 
 
-def load_group_file(path: str, layer_names: Sequence[str], kind: str, what: str = '--cka_group_file') -> dict:
+def _check_group_record(record) -> None:
+    """Raise ValueError unless `record` has every part of cka_groups.json that training reads."""
+    if not isinstance(record, dict):
+        raise ValueError(f'the file holds a {type(record).__name__}, not an object')
+    missing = [key for key in ('layer_names', 'matrix', 'groups', 'settings') if key not in record]
+    if missing:
+        raise ValueError(f'no {", ".join(repr(k) for k in missing)} entry')
+    names, matrix, groups = record['layer_names'], record['matrix'], record['groups']
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError("'layer_names' must be a list of strings")
+    if not isinstance(record['settings'], dict):
+        raise ValueError("'settings' must be an object")
+    size = len(names)
+    if (not isinstance(matrix, list) or len(matrix) != size
+            or not all(isinstance(row, list) and len(row) == size for row in matrix)):
+        raise ValueError(f"'matrix' must be {size} x {size}, one row and column per layer name")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+               for row in matrix for v in row):
+        raise ValueError("'matrix' must hold finite numbers")
+    if (not isinstance(groups, list) or not all(isinstance(g, list) for g in groups)
+            or not all(isinstance(i, int) and not isinstance(i, bool) for g in groups for i in g)):
+        raise ValueError("'groups' must be a list of lists of layer indices")
+    validate_groups(groups, size)
+
+
+def load_group_file(path: str, layer_names: Sequence[str], kind: str, flag: str = '--cka_group_file') -> dict:
+    """cka_groups.json, checked whole (keys, types, sizes, contiguous groups, the teacher's layer names)."""
     try:
         with open(path) as f:
             record = json.load(f)
-        names, groups = record['layer_names'], record['groups']
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f'{what} {path!r} is not a cka_groups.json file '
+        _check_group_record(record)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f'{flag} {path!r} is not a usable cka_groups.json file '
                           f'({type(exc).__name__}: {exc}); write one with python -m helper.teacher_groups') from None
-    if list(names) != list(layer_names):
-        raise ConfigError(f'{what} {path!r} names {len(names)} layers that do not match the '
+    names = record['layer_names']
+    if names != list(layer_names):
+        raise ConfigError(f'{flag} {path!r} names {len(names)} layers that do not match the '
                           f"teacher's {len(layer_names)} {kind.rstrip('s')}-level layers; recompute it for this "
                           'teacher and --cka_layers')
-    try:
-        validate_groups(groups, len(layer_names))
-    except ValueError as exc:
-        raise ConfigError(f'{what} {path!r}: {exc}') from None
     return record
 
 
@@ -146,37 +175,53 @@ def pair_teacher_groups(opt, student: nn.Module, teacher: nn.Module, teacher_nam
         check_n_groups(n, len(student_names), 'student', kind)
         check_n_groups(n, len(teacher_names), 'teacher', kind)
 
-    def teacher_record() -> dict:
-        if resume_file is not None and os.path.exists(resume_file):
-            return load_group_file(resume_file, teacher_names, kind, what="the run folder's")
+    def teacher_record() -> tuple:
+        """(record, where it came from)."""
+        if resume_file is not None and os.path.isfile(resume_file):
+            return load_group_file(resume_file, teacher_names, kind, flag="--resume: the run folder's"), 'resume'
         if opt.cka_group_file:
-            return load_group_file(opt.cka_group_file, teacher_names, kind)
-        return compute_teacher_groups(
+            return load_group_file(opt.cka_group_file, teacher_names, kind), 'file'
+        start = time.perf_counter()
+        record = compute_teacher_groups(
             teacher, kind, teacher_names, train_set(), n, opt.cka_batches, opt.batch_size, opt.cka_kernel,
             opt.cka_estimator == 'debiased', opt.seed, device, max_groups=len(student_names),
             extra_settings={'teacher': teacher_name})
+        print(f'ckagroup: teacher groups computed from {record["settings"]["batches"]} batches of '
+              f'{opt.batch_size} in {time.perf_counter() - start:.1f} s')
+        return record, 'computed'
 
-    record = collectives.run_on_main(teacher_record)
-    if n is not None and n != len(record['groups']):
-        print(f'note: the teacher grouping read has {len(record["groups"])} groups; --cka_groups {n} ignored')
+    record, source = collectives.run_on_main(teacher_record)
+    if source == 'resume' and collectives.is_main():
+        print(f'resume: teacher groups {record["groups"]} read from {resume_file} (not recomputed)')
+    if source == 'file' and n is not None and n != len(record['groups']):
+        print(f'note: --cka_group_file has {len(record["groups"])} groups; --cka_groups {n} ignored')
     n = len(record['groups'])
     check_n_groups(n, len(student_names), 'student', kind)
+    check_n_groups(n, len(teacher_names), 'teacher', kind)
     teacher_groups = [list(g) for g in record['groups']]
-    if opt.cka_teacher_split == 'even' and record.get('settings', {}).get('teacher_split') != 'even':
-        teacher_groups = even_split(len(teacher_names), n)  # ablation: ignore the CKA structure
-        record = dict(record, groups=teacher_groups, settings=dict(record.get('settings', {}), teacher_split='even'))
+    split = opt.cka_teacher_split
+    if split != record['settings'].get('teacher_split', 'cka'):  # a resumed run's record is already split
+        if split == 'even':  # ablation: ignore the CKA structure
+            teacher_groups = even_split(len(teacher_names), n)
+            record = dict(record, groups=teacher_groups, settings=dict(record['settings'], teacher_split='even'))
+        elif split == 'random':  # ablation: the null, a random contiguous partition per seed
+            teacher_groups = random_split(len(teacher_names), n, opt.seed)
+            record = dict(record, groups=teacher_groups,
+                          settings=dict(record['settings'], teacher_split='random', split_seed=opt.seed))
     student_groups, paired_teacher = pair_groups(len(student_names), teacher_groups, opt.cka_student_split,
                                                  opt.cka_pairing)
     return PairedGroups(student=student_groups, teacher=paired_teacher, record=record)
 
 
 def write_teacher_groups(run, record: dict, step: int) -> None:
-    """cka_groups.json, cka_groups.png and the TensorBoard image `cka/teacher` in the run folder."""
-    matrix = np.asarray(record['matrix'])
+    """cka_groups.json, cka_groups.png and the TensorBoard figure `cka/teacher` in the run folder
+    (rank 0 only)."""
     run.write_json(GROUPS_FILE, record)
-    run.log_image('cka/teacher', heatmap_image(matrix, record['groups']), step)
     if run.enabled:
-        save_heatmap_png(run.file(GROUPS_PNG), matrix, record['groups'], title='teacher CKA')
+        figure = teacher_figure(record['matrix'], record['layer_names'], record['groups'],
+                                caption=teacher_caption(record['settings']))
+        save_png(figure, run.file(GROUPS_PNG))
+        run.log_figure('cka/teacher', figure, step)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -202,21 +247,28 @@ def run(argv=None) -> dict:
     from helper.train import load_data, select_device  # the entry layer's data and device rules
 
     opt = parser().parse_args(argv)
+    n_groups = parse_n_groups(opt.n_groups, '--n_groups')
+    if opt.batches < 1:
+        raise ConfigError(f'--batches {opt.batches}: give at least 1 batch')
+    needed = min_cka_samples(opt.estimator)
+    if opt.batch_size < needed:
+        raise ConfigError(f'--batch_size {opt.batch_size}: the {opt.estimator} CKA estimator needs at least '
+                          f'{needed} images per batch; raise --batch_size')
     device = select_device(opt.device)
     opt.num_workers = 0
     data = load_data(opt, augment=False)
     teacher, arch = load_teacher(opt.path_t, data.num_classes, opt.dataset, device)
     names = models.layer_names(teacher, opt.layers, tuple(data.train[0][0].shape))
     record = compute_teacher_groups(
-        teacher, opt.layers, names, data.train, parse_n_groups(opt.n_groups, '--n_groups'), opt.batches,
+        teacher, opt.layers, names, data.train, n_groups, opt.batches,
         opt.batch_size, opt.kernel, opt.estimator == 'debiased', opt.seed, device,
         extra_settings={'teacher': arch, 'path_t': os.path.abspath(opt.path_t), 'dataset': opt.dataset})
     os.makedirs(opt.out, exist_ok=True)
     with open(os.path.join(opt.out, GROUPS_FILE), 'w') as f:
         json.dump(record, f, indent=1)
-    save_heatmap_png(os.path.join(opt.out, GROUPS_PNG), np.asarray(record['matrix']),
-                     record['groups'], record['groups'], title=f'{arch} {opt.estimator} CKA',
-                     colorbar=True)
+    save_png(teacher_figure(record['matrix'], record['layer_names'], record['groups'], title=f'{arch}: teacher CKA',
+                            caption=teacher_caption(record['settings'])),
+             os.path.join(opt.out, GROUPS_PNG))
     stability = record['stability']
     print(f'{arch}: {len(names)} {opt.layers.rstrip("s")}-level layers, groups {record["groups"]}')
     print(f'boundaries {stability["boundaries"]} recur in {stability["agreement"]} of '

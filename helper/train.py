@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import time
 
 import numpy as np
 import torch
@@ -14,11 +15,12 @@ from dataset import ContrastiveDataset, DatasetUnavailableError, build_datasets
 from dataset.device_data import DeviceImageLoader, uint8_images
 from distiller_zoo import DistillContext, distiller_class
 from helper import distributed
+from helper import family_files
 from helper import options as options_mod
 from helper import teacher_groups
 from helper.checkpoint import freeze, load_checkpoint, load_teacher, save_atomic
 from helper.loops import CrossEntropyObjective, DistillObjective, StepOptions, train_epoch, validate
-from helper.monitor import build_monitor
+from helper.monitor import build_monitor, monitor_wanted
 from helper.run_folder import LAST_CKPT, RunFolder
 from runtime import collectives
 from runtime.errors import ConfigError, DistributedFailure
@@ -144,7 +146,7 @@ class Trainer:
 
     def __init__(self, opt, run: RunFolder, model, objective, predict, trainable, device,
                  train_loader, val_loader, generator, checkpoint_extra, extra_state=None,
-                 consistency=None):
+                 consistency=None, started=None, rounded_family_files=False):
         self.opt, self.run, self.model, self.objective = opt, run, model, objective
         self.predict, self.device = predict, device
         self.train_loader, self.val_loader, self.generator = train_loader, val_loader, generator
@@ -157,12 +159,19 @@ class Trainer:
         self.consistency = consistency or {}  # what every rank must agree on (distributed)
         self.step_options = StepOptions.from_opt(opt)
         self._wrapped = False
+        # run time for the family's parameters.json: this process's, plus that of resumed runs
+        self.started, self.seconds_before = started or time.time(), 0.0
+        self.rounded_family_files = rounded_family_files  # as the family's teacher script writes them
 
     def resume(self, path: str) -> None:
         ckpt = load_checkpoint(path)
         if ckpt.get('arch') != self.checkpoint_extra['arch']:
             raise ConfigError(f'--resume {path!r} is a {ckpt.get("arch")} checkpoint, '
                               f'not {self.checkpoint_extra["arch"]}')
+        saved_seed = ckpt.get('seed', ckpt.get('opt', {}).get('seed'))
+        if saved_seed is not None and saved_seed != self.opt.seed:
+            raise ConfigError(f'--resume {path!r} was trained with seed {saved_seed}, this run has '
+                              f'{self.opt.seed}; pass --seed {saved_seed} to continue it')
         self.model.load_state_dict(ckpt['model'])
         for name, module in self.extra_state.items():
             module.load_state_dict(ckpt[name])
@@ -170,18 +179,24 @@ class Trainer:
         self.history = list(ckpt['history'])
         self.best_acc = ckpt['best_acc']
         self.start_epoch = ckpt['epoch'] + 1
+        self.seconds_before = ckpt.get('total_time_s', 0.0)
         print(f'resumed from {path} at epoch {ckpt["epoch"]}')
 
     def _state(self, epoch: int) -> dict:
         state = {'model': self.model.state_dict(), 'epoch': epoch, 'best_acc': self.best_acc,
                  'optimizer': self.optimizer.state_dict(), 'history': self.history,
-                 'opt': _plain(vars(self.opt)), **self.checkpoint_extra}
+                 'opt': _plain(vars(self.opt)), 'seed': self.opt.seed,
+                 'total_time_s': self._seconds(), **self.checkpoint_extra}
         for name, module in self.extra_state.items():
             state[name] = module.state_dict()
             deploy = getattr(module, 'deploy_state', dict)()
             if deploy:
                 state['deploy'] = deploy
+            state.update(getattr(module, 'family_checkpoint_entries', dict)())
         return state
+
+    def _seconds(self) -> float:
+        return self.seconds_before + time.time() - self.started
 
     def _distribute(self) -> None:
         """Distributed run: check that the ranks agree, then wrap the trainable step in DDP.
@@ -233,6 +248,8 @@ class Trainer:
                 save_atomic(state, self.run.file(LAST_CKPT))
                 if is_best:
                     save_atomic(state, self.run.file(f'{self.checkpoint_extra["arch"]}_best.pth'))
+                    self.run.write_json(family_files.BEST_METRICS_FILE,
+                                        family_files.best_metrics(test, epoch, self.rounded_family_files))
         summary = {'best_top1': self.best_acc,
                    'last_top1': self.history[-1]['test/top1'] if self.history else None,
                    'last_top5': self.history[-1]['test/top5'] if self.history else None,
@@ -246,6 +263,8 @@ class Trainer:
                 print('warning: the ranks ended with different weights or optimiser states',
                       file=sys.stderr)
         self.run.write_json('summary.json', summary)
+        self.run.write_json(family_files.PARAMETERS_FILE, family_files.parameters(
+            _plain(vars(opt)), self.model, self._seconds(), self.rounded_family_files))
         print(f'finished: last-epoch test top1 {summary["last_top1"]:.2f}, '
               f'best {summary["best_top1"]:.2f} (choosing by test accuracy is optimistic)')
         return summary
@@ -279,7 +298,8 @@ def _prepare(opt):
 
 # Options that may differ between the ranks of one run (paths and resources of each node).
 LOCAL_OPTIONS = ('data_folder', 'save_dir', 'resume', 'gpu_id', 'device', 'num_workers', 'print_freq',
-                 'multiprocessing_distributed', 'nproc', 'dist_url', 'dist_timeout', 'path_t')
+                 'multiprocessing_distributed', 'nproc', 'dist_url', 'dist_timeout', 'path_t',
+                 'num_workers_per_node')
 
 
 def _option_values(opt) -> dict:
@@ -310,6 +330,7 @@ def run_student(argv=None) -> dict:
 
 
 def _teacher(opt) -> dict:
+    started = time.time()
     device = _prepare(opt)
     data = collectives.local_main_first(lambda: load_data(opt))
     model = build_student(opt.model, data.num_classes, opt.dataset)
@@ -322,7 +343,7 @@ def _teacher(opt) -> dict:
                       device, *loaders,
                       checkpoint_extra={'arch': arch, 'dataset': opt.dataset,
                                         'num_classes': data.num_classes},
-                      consistency=_consistency(opt, data))
+                      consistency=_consistency(opt, data), started=started, rounded_family_files=True)
     resume = _resume_path(opt, run)
     if resume:
         trainer.resume(resume)
@@ -334,6 +355,7 @@ def _teacher(opt) -> dict:
 
 
 def _student(opt) -> dict:
+    started = time.time()
     device = _prepare(opt)
     if opt.path_t is None:
         raise ConfigError('--path_t is required: the teacher checkpoint to distil from')
@@ -344,9 +366,11 @@ def _student(opt) -> dict:
     student_arch = models.resolve_model_name(opt.model_s, opt.dataset)
     run = RunFolder(os.path.join(opt.save_dir, 'students', options_mod.student_run_name(opt, teacher_arch)),
                     _plain(vars(opt)), resume=opt.resume is not None, enabled=collectives.is_main())
+    teacher_groups.check_resume_cka_options(opt, run.saved_options)
     input_shape = tuple(data.train[0][0].shape)
     method = distiller_class(opt.distill)
-    groups = _paired_groups(opt, method, student, teacher, teacher_arch, input_shape, device, run)
+    monitored = monitor_wanted(data.val, opt)
+    groups = _paired_groups(opt, method, monitored, student, teacher, teacher_arch, input_shape, device, run)
     ctx = DistillContext(student=student, teacher=teacher, student_name=student_arch,
                          teacher_name=teacher_arch, num_classes=data.num_classes, input_shape=input_shape,
                          num_train_samples=len(data.train), device=device, opt=opt, groups=groups,
@@ -356,7 +380,7 @@ def _student(opt) -> dict:
     except ValueError as exc:  # a method's own check of its options against these models
         raise ConfigError(f'--distill {opt.distill}: {exc}') from None
     monitor = None
-    if opt.cka_monitor and groups is not None:
+    if monitored and groups is not None:
         monitor = build_monitor(student, teacher, groups, data.val, opt, input_shape, device)
     freeze(teacher)
     train_set = distiller.wrap_train_dataset(data.train)
@@ -371,7 +395,7 @@ def _student(opt) -> dict:
                                         'num_classes': data.num_classes, 'teacher_arch': teacher_arch,
                                         'distill': opt.distill},
                       extra_state={'distiller': distiller},
-                      consistency=_consistency(opt, data, teacher, groups))
+                      consistency=_consistency(opt, data, teacher, groups), started=started)
     resume = _resume_path(opt, run)
     if resume:
         trainer.resume(resume)
@@ -389,11 +413,11 @@ def _student(opt) -> dict:
         run.close()
 
 
-def _paired_groups(opt, method, student, teacher, teacher_arch, input_shape, device, run):
+def _paired_groups(opt, method, monitored: bool, student, teacher, teacher_arch, input_shape, device, run):
     """The run's paired CKA groups, for a method that needs them or for the CKA monitor (None
     when neither asks; for the monitor alone, also when these models cannot be grouped so:
     training goes on without monitoring)."""
-    if not (method.needs_teacher_groups or opt.cka_monitor):
+    if not (method.needs_teacher_groups or monitored):
         return None
     resume_file = run.file(teacher_groups.GROUPS_FILE) if opt.resume is not None else None
     try:

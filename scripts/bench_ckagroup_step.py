@@ -25,15 +25,15 @@ import models  # noqa: E402
 from distiller_zoo import DistillContext, build_distiller  # noqa: E402
 from helper.checkpoint import freeze  # noqa: E402
 from helper.loops import DistillObjective, to_batch  # noqa: E402
-from helper.options import student_parser  # noqa: E402
+from helper.options import parse_student_options  # noqa: E402
 from helper.teacher_groups import pair_teacher_groups  # noqa: E402
 
 
 def make_step(method, teacher, args, device, images, targets):
     torch.manual_seed(0)
     student = models.build_model(args.student, num_classes=100).to(device)
-    opt = student_parser().parse_args(['--distill', method, '--batch_size', str(args.batch_size),
-                                       '--cka_batches', '2', '-b', '1'])
+    opt = parse_student_options(['--distill', method, '--batch_size', str(args.batch_size),
+                                 '--cka_batches', '2', '-b', '1'])
     groups_data = torch.utils.data.TensorDataset(images.cpu(), targets.cpu())
     input_shape = tuple(images.shape[1:])
     groups = pair_teacher_groups(opt, student, teacher, args.teacher, input_shape, lambda: groups_data, device)

@@ -1,178 +1,122 @@
-"""Does ckagroup bring the student closer to the teacher? One comparison, end to end.
+"""Paired, multi-seed evidence on whether CKA grouping matters (issue 17; protocol in docs/EVIDENCE.md).
 
-    python scripts/evidence.py --path_t TEACHER.pth --dataset cifar10 --data_folder ./data \
-        --model_s resnet8 --train_per_class 500 --epochs 5 --lr_decay_epochs 3,4 \
-        --seeds 0 1 2 --ablation_seeds 0 --out results/cifar10_10pct
+    python scripts/evidence.py list
+    python scripts/evidence.py run resnet56_resnet8 --data_folder ./data      # or: run all
+    python scripts/evidence.py summarise resnet56_resnet8                    # from the raw runs so far
+    python scripts/evidence.py estimate --smoke /tmp/smoke/resnet56_resnet8  # CPU-hours at full budget
 
-With the same teacher, data, schedule and seeds it trains the student alone (CE), KD, ckagroup
-(CE + KD + beta x CKA-group term), SemCKD, and the ablations that tell whether the CKA grouping
-itself matters: even teacher groups instead of CKA groups, reversed pairing, the biased estimator,
-and 1 group instead of 4 (the default rows); `--rows` also offers every other classic method at its
-published weights (hint, attention, similarity, vid, crd, srrl, simkd). Main rows (student, kd, ckagroup) run for every --seeds value, the other
-rows for --ablation_seeds. Finished runs are reused, so an interrupted comparison continues.
-
-Writes OUT/results.json and OUT/results.md (last-epoch and best top-1 as mean ± std over seeds,
-mean epoch time, the monitored mean group CKA at the last epoch) and OUT/cka_matrices.png (the
-teacher's matrix with its groups, then each row's final student x teacher matrix).
-Any further arguments after `--` go to every train_student.py run.
+`run` trains the comparison's teacher, then every (row, seed) student with the same seeds for every
+row, writing each finished run's raw JSON to <results>/<comparison>/runs/ as it finishes, and the
+summary (summary.json, summary.md, curves.png, forest.png) at the end. Run it again after an
+interruption: finished runs are skipped, an interrupted one resumes from its last checkpoint.
+Budget overrides (--epochs, --seeds, --teacher_epochs, ...) are for smoke tests and need a
+--results folder outside docs/results. Arguments after `--` go to every student run.
 """
 import argparse
 import json
 import os
-import statistics
 import sys
-
-import numpy as np
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cka.heatmap import heatmap_image  # noqa: E402
-from helper.train import run_student  # noqa: E402
+from helper import evidence  # noqa: E402
+from runtime.errors import ConfigError  # noqa: E402
 
-MAIN_ROWS = ('student', 'kd', 'ckagroup')
-# row -> the train_student.py arguments that define it
-ROWS = {
-    'student': ['--distill', 'kd', '-c', '1', '-d', '0', '-b', '0'],
-    'kd': ['--distill', 'kd', '-c', '1', '-d', '1', '-b', '0'],
-    'ckagroup': ['--distill', 'ckagroup', '-c', '1', '-d', '1', '-b', '5'],
-    'semckd': ['--distill', 'semckd', '-c', '1', '-d', '1', '-b', '400'],
-    # the other classic methods at their published weights (for a table of every method)
-    'hint': ['--distill', 'hint', '-c', '1', '-d', '1', '-b', '100'],
-    'attention': ['--distill', 'attention', '-c', '1', '-d', '1', '-b', '1000'],
-    'similarity': ['--distill', 'similarity', '-c', '1', '-d', '1', '-b', '3000'],
-    'vid': ['--distill', 'vid', '-c', '1', '-d', '1', '-b', '1'],
-    'crd': ['--distill', 'crd', '-c', '1', '-d', '1', '-b', '0.8'],
-    'srrl': ['--distill', 'srrl', '-c', '1', '-d', '1', '-b', '1'],
-    'simkd': ['--distill', 'simkd', '-c', '0', '-d', '0', '-b', '1'],
-    'ckagroup_even_teacher_groups': ['--distill', 'ckagroup', '-c', '1', '-d', '1', '-b', '5',
-                                     '--cka_teacher_split', 'even'],
-    'ckagroup_reversed_pairing': ['--distill', 'ckagroup', '-c', '1', '-d', '1', '-b', '5',
-                                  '--cka_pairing', 'reversed'],
-    'ckagroup_biased': ['--distill', 'ckagroup', '-c', '1', '-d', '1', '-b', '5',
-                        '--cka_estimator', 'biased'],
-    'ckagroup_1_group': ['--distill', 'ckagroup', '-c', '1', '-d', '1', '-b', '5', '--cka_groups', '1'],
-}
+EVIDENCE_RESULTS = os.path.join('docs', 'results')
+BUDGET = ('epochs', 'lr_decay_epochs', 'train_per_class', 'val_per_class', 'seeds',
+          'teacher_epochs', 'teacher_lr_decay_epochs', 'teacher_train_per_class')
 
 
-def mean_std(values):
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='command', required=True)
+    sub.add_parser('list', help='the declared comparisons')
+    for name in ('run', 'summarise'):
+        q = sub.add_parser(name)
+        q.add_argument('comparison', choices=list(evidence.COMPARISONS) + (['all'] if name == 'run' else []))
+        q.add_argument('--results', default=EVIDENCE_RESULTS, help='where the raw runs and summaries go')
+        q.add_argument('--work', default=os.path.join('save', 'evidence'),
+                       help='run folders and checkpoints (keep the teacher checkpoints: the runs name their digest)')
+        q.add_argument('--data_folder', default='./data')
+        if name == 'run':
+            q.add_argument('--rows', nargs='+', default=None, help='a subset of the rows (default: all)')
+            q.add_argument('--num_workers', type=int, default=1)
+            q.add_argument('--epochs', type=int)
+            q.add_argument('--lr_decay_epochs')
+            q.add_argument('--train_per_class', type=int)
+            q.add_argument('--val_per_class', type=int)
+            q.add_argument('--seeds', type=int, nargs='+')
+            q.add_argument('--teacher_epochs', type=int)
+            q.add_argument('--teacher_lr_decay_epochs')
+            q.add_argument('--teacher_train_per_class', type=int)
+    q = sub.add_parser('estimate')
+    q.add_argument('--smoke', required=True, help='a smoke run\'s <results>/<comparison> folder')
+    return p
 
 
-def fmt(mean, std):
-    return '–' if mean is None else f'{mean:.2f} ± {std:.2f}'
+def _comparison(args, name):
+    overrides = {k: getattr(args, k, None) for k in BUDGET}
+    if overrides['seeds'] is not None:
+        overrides['seeds'] = tuple(overrides['seeds'])
+    overridden = {k: v for k, v in overrides.items() if v is not None}
+    if overridden and os.path.abspath(args.results).startswith(os.path.abspath(EVIDENCE_RESULTS)):
+        raise ConfigError(f'budget overrides ({", ".join(overridden)}) make smoke results, not evidence; '
+                          f'pass --results outside {EVIDENCE_RESULTS}')
+    comparison = evidence.with_budget(evidence.COMPARISONS[name], **overrides)
+    if args.command == 'run' and args.rows:
+        unknown = [r for r in args.rows if r not in comparison.rows]
+        if unknown:
+            raise ConfigError(f'unknown rows {unknown} for {name}; choose from {", ".join(comparison.rows)}')
+    return comparison
 
 
-def run_one(args, row, seed, extra):
-    trial = f'{row}-seed{seed}'
-    argv = (['--path_t', args.path_t, '--dataset', args.dataset, '--data_folder', args.data_folder,
-             '--model_s', args.model_s, '--epochs', str(args.epochs), '--lr_decay_epochs', args.lr_decay_epochs,
-             '--learning_rate', str(args.learning_rate), '--batch_size', str(args.batch_size),
-             '--num_workers', str(args.num_workers), '--seed', str(seed), '--trial', trial,
-             '--save_dir', os.path.join(args.out, 'runs'), '--skip-validation', '--print_freq', '1000']
-            + (['--train_per_class', str(args.train_per_class)] if args.train_per_class else [])
-            + ROWS[row] + extra)
-    students = os.path.join(args.out, 'runs', 'students')
-    done = [d for d in (os.listdir(students) if os.path.isdir(students) else [])
-            if d.endswith('_' + trial) and os.path.exists(os.path.join(students, d, 'summary.json'))
-            and json.load(open(os.path.join(students, d, 'options.json')))['distill'] == ROWS[row][1]]
-    if not done:
-        print(f'== {row}, seed {seed}', flush=True)
-        run_student(argv)
-        done = [d for d in os.listdir(students) if d.endswith('_' + trial)]
-    run_dir = os.path.join(students, done[0])
-    with open(os.path.join(run_dir, 'summary.json')) as f:
-        summary = json.load(f)
-    with open(os.path.join(run_dir, 'metrics.json')) as f:
-        history = json.load(f)
-    return {'row': row, 'seed': seed, 'run_dir': run_dir, 'last_top1': summary['last_top1'],
-            'best_top1': summary['best_top1'], 'epoch_time': statistics.fmean(h['time'] for h in history),
-            'step_ms': 1000 * args.batch_size / statistics.fmean(h['train/images_per_s'] for h in history),
-            'monitor_group_mean': history[-1].get('monitor/group_mean'),
-            'monitor_groups': [history[-1][k] for k in sorted(history[-1]) if k.startswith('monitor/group_')
-                               and k != 'monitor/group_mean']}
+def _load_runs(folder):
+    runs = os.path.join(folder, 'runs')
+    return [json.load(open(os.path.join(runs, f))) for f in sorted(os.listdir(runs)) if f.endswith('.json')] \
+        if os.path.isdir(runs) else []
 
 
-def figure(results, out_path):
-    panels, teacher = [], None
-    for row in ROWS:
-        runs = [r for r in results if r['row'] == row]
-        if not runs:
-            continue
-        run_dir = runs[0]['run_dir']
-        groups_file = os.path.join(run_dir, 'cka_groups.json')
-        if teacher is None and os.path.exists(groups_file):
-            with open(groups_file) as f:
-                record = json.load(f)
-            teacher = heatmap_image(np.asarray(record['matrix']), record['groups'], cell=12, title='teacher')
-        monitor_file = os.path.join(run_dir, 'cka_monitor.json')
-        if os.path.exists(monitor_file):
-            with open(monitor_file) as f:
-                last = json.load(f)[-1]
-            panels.append(heatmap_image(np.asarray(last['matrix']), last['student_groups'],
-                                        last['teacher_groups'], cell=12, title=row[:28]))
-    images = ([teacher] if teacher is not None else []) + panels
-    if not images:
-        return
-    height = max(i.shape[0] for i in images)
-    canvas = Image.new('RGB', (sum(i.shape[1] + 10 for i in images), height), 'white')
-    x = 0
-    for image in images:
-        canvas.paste(Image.fromarray(image), (x, 0))
-        x += image.shape[1] + 10
-    canvas.save(out_path)
-
-
-def main(argv=None):
+def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index('--') + 1:] if '--' in argv else []
     argv = argv[:argv.index('--')] if '--' in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--path_t', required=True)
-    parser.add_argument('--dataset', default='cifar10')
-    parser.add_argument('--data_folder', default='./data')
-    parser.add_argument('--model_s', default='resnet8x4')
-    parser.add_argument('--train_per_class', type=int, default=None)
-    parser.add_argument('--epochs', type=int, default=240)
-    parser.add_argument('--lr_decay_epochs', default='150,180,210')
-    parser.add_argument('--learning_rate', type=float, default=0.05)
-    parser.add_argument('--batch_size', type=int, default=64)
-    parser.add_argument('--num_workers', type=int, default=2)
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
-    parser.add_argument('--ablation_seeds', type=int, nargs='+', default=[0])
-    parser.add_argument('--rows', nargs='+', default=[r for r in ROWS if r in MAIN_ROWS or r == 'semckd'
-                                                      or r.startswith('ckagroup_')], choices=list(ROWS))
-    parser.add_argument('--out', required=True)
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    results = []
-    for row in args.rows:
-        for seed in (args.seeds if row in MAIN_ROWS else args.ablation_seeds):
-            results.append(run_one(args, row, seed, extra))
-    table = ['| row | seeds | last-epoch top-1 | best top-1 | epoch time (s) | ms/step | monitored group CKA (last epoch) |',
-             '|---|---|---|---|---|---|---|']
-    summary = {}
-    for row in args.rows:
-        runs = [r for r in results if r['row'] == row]
-        last, best = mean_std([r['last_top1'] for r in runs]), mean_std([r['best_top1'] for r in runs])
-        cka = [r['monitor_group_mean'] for r in runs if r['monitor_group_mean'] is not None]
-        summary[row] = {'seeds': [r['seed'] for r in runs], 'last_top1': last, 'best_top1': best,
-                        'epoch_time': statistics.fmean(r['epoch_time'] for r in runs),
-                        'step_ms': statistics.fmean(r['step_ms'] for r in runs),
-                        'monitor_group_mean': statistics.fmean(cka) if cka else None,
-                        'monitor_groups': np.mean([r['monitor_groups'] for r in runs], axis=0).tolist()
-                        if runs and runs[0]['monitor_groups'] else None}
-        table.append(f'| {row} | {len(runs)} | {fmt(*last)} | {fmt(*best)} | {summary[row]["epoch_time"]:.1f} | {summary[row]["step_ms"]:.0f} | '
-                     + (f'{summary[row]["monitor_group_mean"]:.3f}' if cka else '–') + ' |')
-    with open(os.path.join(args.out, 'results.json'), 'w') as f:
-        json.dump({'settings': vars(args), 'extra_args': extra, 'rows': summary, 'runs': results}, f, indent=1)
-    with open(os.path.join(args.out, 'results.md'), 'w') as f:
-        f.write('\n'.join(table) + '\n')
-    figure(results, os.path.join(args.out, 'cka_matrices.png'))
-    print('\n'.join(table))
+    args = parser().parse_args(argv)
+    try:
+        if args.command == 'list':
+            for c in evidence.COMPARISONS.values():
+                print(f'{c.name}: {c.teacher.model} -> {c.student}, seeds {list(c.seeds)}, rows {", ".join(c.rows)}'
+                      f' ({c.notes})')
+        elif args.command == 'run':
+            names = list(evidence.COMPARISONS) if args.comparison == 'all' else [args.comparison]
+            for name in names:
+                comparison = _comparison(args, name)
+                instrument = evidence.Instrument(comparison, args.results, args.work, args.data_folder,
+                                                 args.num_workers, extra)
+                instrument.run(args.rows)
+                print(open(os.path.join(args.results, name, 'summary.md')).read())
+        elif args.command == 'summarise':
+            comparison = evidence.COMPARISONS[args.comparison]
+            folder = os.path.join(args.results, args.comparison)
+            teacher = json.load(open(os.path.join(folder, 'teacher.json')))
+            evidence.summarise(comparison, teacher, _load_runs(folder), folder)
+            print(open(os.path.join(folder, 'summary.md')).read())
+        else:
+            smoke = {'teacher': json.load(open(os.path.join(args.smoke, 'teacher.json'))),
+                     'runs': _load_runs(args.smoke)}
+            student = smoke['runs'][0]['argv'][smoke['runs'][0]['argv'].index('--model_s') + 1] if smoke['runs'] else None
+            for c in evidence.COMPARISONS.values():
+                if (c.teacher.model, c.student) != (smoke['teacher']['model'], student):
+                    print(f'{c.name}: no estimate (the smoke ran {smoke["teacher"]["model"]} -> {student})')
+                    continue
+                hours = evidence.estimate_hours(c, smoke)
+                rows = ', '.join(f'{r} {h:.1f}' for r, h in hours['student_hours'].items())
+                print(f'{c.name}: {hours["total_hours"]:.1f} CPU-hours (teacher {hours["teacher_hours"]:.1f}; '
+                      f'{len(c.seeds)} seeds per row: {rows})')
+    except ConfigError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# FitNet (hint): MSE between a ConvReg-regressed student map and the teacher map at --hint_layer (default 2).
-# --hint_layer: RepDistiller (CRD paper numbers) defaults to 2, the SemCKD/SimKD repos to 1; add --hint_layer 1 to match those.
+# FitNet (hint): MSE between a ConvReg-regressed student map and the teacher map at --hint_layer (default 1).
+# --hint_layer: the SemCKD/SimKD repos default to 1 (as here); RepDistiller (CRD paper numbers) used 2: add --hint_layer 2 for those.
 # Published CIFAR-100 setting (SimKD repo scripts/run_distill.sh): -c 1 -d 1 -b 100.
 # Usage: TEACHER=path/to/teacher_best.pth STUDENT=resnet8x4 bash scripts/fitnet.sh [extra flags]
 set -euo pipefail

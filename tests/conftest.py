@@ -9,7 +9,7 @@ import torch
 
 from dataset import ContrastiveDataset
 from distiller_zoo import DistillContext, distiller_class
-from helper.options import student_parser
+from helper.options import parse_student_options
 from helper.teacher_groups import pair_teacher_groups
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,8 +25,8 @@ def tiny_argv(train_per_class: int, val_per_class: int, batch_size: int, print_f
 
 def student_options(*argv: str, **values):
     """train_student.py's options: every default from the parser (each method's own included),
-    then `argv` parsed, then `values` set as they are."""
-    opt = student_parser().parse_args(list(argv))
+    `argv` parsed and finished as train_student.py does, then `values` set as they are."""
+    opt = parse_student_options(list(argv))
     for name, value in values.items():
         setattr(opt, name, value)
     return opt

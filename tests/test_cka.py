@@ -101,14 +101,18 @@ def test_matches_numpy_reference(kernel, debiased, batched):
     np.testing.assert_allclose(np.diag(self_m), 1.0, rtol=1e-12)
 
 
-def test_normalized_grams_factorisation():
+@pytest.mark.parametrize("kernel,debiased", ESTIMATORS)
+def test_normalized_grams_factorisation(kernel, debiased):
+    """S @ T.T of the unit-norm flattened centred Grams is the CKA matrix of the numpy reference."""
     xs, ys = _layers()
-    S = normalized_grams(xs, "linear", True)
-    T = normalized_grams(ys, "linear", True)
-    assert S.shape == (3, 24 * 24)
-    torch.testing.assert_close(S.norm(dim=1), torch.ones(3))
-    torch.testing.assert_close(cka_from_grams(S, T), cka_matrix(xs, ys, "linear", True))
-    torch.testing.assert_close(cka(xs[0], ys[1]), cka_matrix(xs, ys)[0, 1])
+    S = normalized_grams(xs, kernel, debiased, dtype=torch.float64)
+    T = normalized_grams(ys, kernel, debiased, dtype=torch.float64)
+    assert S.shape == (3, 24 * 24) and T.shape == (2, 24 * 24)
+    torch.testing.assert_close(S.norm(dim=1), torch.ones(3, dtype=torch.float64))
+    ref = ref_matrix(_np(xs), _np(ys), kernel, debiased)
+    np.testing.assert_allclose(cka_from_grams(S, T).numpy(), ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(float(cka(xs[0], ys[1], kernel, debiased, dtype=torch.float64)), ref[0, 1],
+                               rtol=1e-10)
 
 
 # ---------------------------------------------------------------- properties

@@ -1,6 +1,8 @@
 """Contiguous grouping: exact DP vs brute force, planted structure, splits, stability, JSON."""
 import itertools
 import json
+import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import torch
 
 from cka.grouping import (auto_n_groups, boundary_stability, contiguous_groups, even_split,
                                group_boundaries, grouping_objective, groups_from_sizes,
-                               groups_to_json, proportional_split, silhouette)
+                               groups_to_json, proportional_split, random_split, silhouette)
 
 
 def brute_force(S, n, objective):
@@ -197,3 +199,47 @@ def test_pipeline_accumulator_to_groups():
     stab = boundary_stability(acc.per_batch, 2, pooled=pooled)
     assert stab["exact_match"] == 1.0 and stab["boundaries"] == [3]
     json.dumps(groups_to_json([f"l{i}" for i in range(6)], pooled, stab["groups"], stability=stab))
+
+
+# --- random contiguous teacher groups (the null of --cka_teacher_split random) ---
+
+
+
+def _all_contiguous_partitions(L, n):
+    """Brute-force oracle: every way to cut 0..L-1 into n non-empty runs (C(L-1, n-1) of them)."""
+    out = []
+    for cuts in itertools.combinations(range(1, L), n - 1):
+        bounds = (0,) + cuts + (L,)
+        out.append(tuple(tuple(range(a, b)) for a, b in zip(bounds, bounds[1:])))
+    return out
+
+
+@pytest.mark.parametrize("L,n", [(28, 4), (10, 1), (7, 7), (5, 2)])
+def test_random_split_is_contiguous_covers_every_layer_once_with_n_groups(L, n):
+    for seed in range(20):
+        groups = random_split(L, n, seed)
+        assert len(groups) == n and all(len(g) >= 1 for g in groups)
+        assert [i for g in groups for i in g] == list(range(L))  # every layer once, in order
+        assert all(g == list(range(g[0], g[-1] + 1)) for g in groups)  # contiguous
+
+
+def test_random_split_is_reproducible_from_the_seed_and_varies_across_seeds():
+    assert random_split(28, 4, 3) == random_split(28, 4, 3)
+    partitions = {tuple(map(tuple, random_split(28, 4, seed))) for seed in range(5)}
+    assert len(partitions) == 5  # C(27, 3) = 2925 partitions: five seeds, five different draws
+
+
+def test_random_split_is_uniform_over_contiguous_partitions():
+    L, n, draws = 6, 3, 5000
+    oracle = _all_contiguous_partitions(L, n)
+    assert len(oracle) == math.comb(L - 1, n - 1) == 10
+    counts = Counter(tuple(map(tuple, random_split(L, n, seed))) for seed in range(draws))
+    assert set(counts) == set(oracle)
+    expected = draws / len(oracle)
+    chi2 = sum((counts[p] - expected) ** 2 / expected for p in oracle)
+    assert chi2 < 21.67  # chi-square, 9 degrees of freedom, 99th percentile
+
+
+def test_random_split_rejects_more_groups_than_layers():
+    with pytest.raises(ValueError, match="n must be <="):
+        random_split(3, 4, 0)

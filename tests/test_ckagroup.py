@@ -142,16 +142,27 @@ def test_every_listed_pair_takes_a_step(teacher, student):
     with torch.no_grad():
         t_out = model_outputs(t_model, images, distiller)
     s_out = model_outputs(s_model, images, distiller)
+    # the layer outputs of that same pass
+    s_feats = [f.detach().double().numpy() for f in s_out.blocks]
+    t_feats = [f.double().numpy() for f in t_out.blocks]
     loss = distiller(s_out, t_out, Batch(images, torch.zeros(8, dtype=torch.long)))['ckagroup']
     loss.backward()
-    assert torch.isfinite(loss) and 0.0 <= loss.item() <= 2.0
-    assert len(distiller.teacher_groups) == len(distiller.student_groups) == 4
+    s_groups, t_groups = distiller.student_groups, distiller.teacher_groups
+    assert len(t_groups) == len(s_groups) == 4
+    num_s = len(s_model.block_layer_names())
+    assert [len(g) for g in s_groups] == [num_s // 4 + (i < num_s % 4) for i in range(4)]  # even, larger first
+    ref = np.array([[debiased_cka_reference(x, y) for y in t_feats] for x in s_feats])
+    expected = np.mean([1.0 - ref[np.ix_(gs, gt)].mean() for gs, gt in zip(s_groups, t_groups)])
+    assert loss.item() == pytest.approx(expected, abs=2e-4)
+    grads = [p.grad for p in s_model.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
 
 
 def test_bad_inputs_fail_before_training(tmp_path, capsys):
     path_t = _save_teacher(tmp_path, 'resnet8')
     wrong_file = tmp_path / 'groups.json'
-    wrong_file.write_text(json.dumps({'layer_names': ['a', 'b'], 'groups': [[0], [1]]}))
+    wrong_file.write_text(json.dumps({'layer_names': ['a', 'b'], 'groups': [[0], [1]],
+                                      'matrix': [[1.0, 0.5], [0.5, 1.0]], 'settings': {}}))
     base = TINY + ['--path_t', str(path_t), '--model_s', 'resnet8', '--distill', 'ckagroup', '--epochs', '1',
                    '--save_dir', str(tmp_path / 'save')]
     cases = [(['--cka_groups', '9'], 'exceeds'),  # resnet8 has stem + 3 blocks
@@ -178,7 +189,7 @@ def test_group_file_from_cli_is_accepted(tmp_path):
     assert [i for g in record['groups'] for i in g] == list(range(4)) and len(record['groups']) == 2
     assert record['stability']['num_batches'] == 3 and record['settings']['estimator'] == 'debiased'
     from PIL import Image
-    assert Image.open(out / 'cka_groups.png').size[0] > 20
+    assert Image.open(out / 'cka_groups.png').format == 'PNG'
     summary = run_student(TINY + ['--path_t', str(path_t), '--model_s', 'vgg8', '--distill', 'ckagroup',
                                   '--cka_group_file', str(out / 'cka_groups.json'), '--epochs', '1',
                                   '--save_dir', str(tmp_path / 'save')])
@@ -245,7 +256,28 @@ def test_resume_reads_the_run_folders_groups_instead_of_grouping_again(tmp_path)
     groups = pair_teacher_groups(opt, student, teacher, 'resnet20', (3, 32, 32), no_data, torch.device('cpu'),
                                  resume_file=str(path))
     assert groups.record == saved and groups.teacher == saved['groups'] and groups.student == [[0, 1], [2, 3]]
-    path.write_text(json.dumps(dict(saved, layer_names=names[:-1])))
+    fewer = len(names) - 1
+    path.write_text(json.dumps(dict(saved, layer_names=names[:-1], matrix=np.eye(fewer).tolist(),
+                                    groups=[[0], list(range(1, fewer))])))
     with pytest.raises(ConfigError, match="run folder's .* do not match the teacher's"):
         pair_teacher_groups(opt, student, teacher, 'resnet20', (3, 32, 32), no_data, torch.device('cpu'),
                             resume_file=str(path))
+
+
+def test_random_teacher_groups_follow_the_seed_and_are_recorded():
+    torch.manual_seed(0)
+    teacher, student = models.build_model('resnet20', 10), models.build_model('resnet8', 10)
+    freeze(teacher)
+    contexts = {seed: _ctx(student, teacher, cka_groups='3', cka_teacher_split='random', seed=seed)
+                for seed in (0, 1, 2)}
+    runs = {seed: CKAGroupDistiller(ctx) for seed, ctx in contexts.items()}
+    for seed, distiller in runs.items():
+        groups, record = distiller.teacher_groups, contexts[seed].groups.record
+        assert len(groups) == 3 and [i for g in groups for i in g] == list(range(10))  # resnet20: 10 taps
+        assert record['groups'] == groups
+        assert record['settings']['teacher_split'] == 'random'
+        assert record['settings']['split_seed'] == seed
+        assert distiller.student_groups == [[0, 1], [2], [3]]  # the student keeps its even split
+    again = CKAGroupDistiller(_ctx(student, teacher, cka_groups='3', cka_teacher_split='random', seed=1))
+    assert again.teacher_groups == runs[1].teacher_groups
+    assert len({tuple(map(tuple, d.teacher_groups)) for d in runs.values()}) > 1

@@ -391,3 +391,77 @@ def test_contrastive_on_folder_subset(tmp_path):
     ds = ContrastiveDataset(b.train, k=3)
     _, t, i, c = ds[2]
     assert c[0] == 2 and all(b.train.targets[j] != 1 for j in c[1:].tolist())
+
+
+# ---------------------------------------------------------------- published archives, offline
+
+def _fashion_gz(folder, seed=2):
+    """The four published-name .gz idx files of a tiny Fashion-MNIST in `folder`; returns the arrays."""
+    import gzip
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (20, 28, 28)),
+              "train-labels-idx1-ubyte": np.arange(20) % 10,
+              "t10k-images-idx3-ubyte": rng.integers(0, 256, (10, 28, 28)),
+              "t10k-labels-idx1-ubyte": (np.arange(10) * 3) % 10}
+    for name, arr in arrays.items():
+        plain = folder / f"{name}.plain"
+        _write_idx(plain, arr, labels="labels" in name)
+        with gzip.open(folder / f"{name}.gz", "wb") as f:
+            f.write(plain.read_bytes())
+        plain.unlink()
+    return arrays
+
+
+def _md5(path):
+    return hashlib.md5(open(path, "rb").read()).hexdigest()
+
+
+@pytest.mark.parametrize("where", ["FashionMNIST/raw", "."])
+def test_fashionmnist_published_gz_files_load_offline(tmp_path, offline, monkeypatch, where):
+    """The .gz files as published, in torchvision's raw/ or in --data_folder itself (Debian's layout)."""
+    folder = tmp_path / where
+    arrays = _fashion_gz(folder)
+    # not the published bytes: refused as corrupt, in one line, without a download attempt
+    with pytest.raises(DatasetUnavailableError) as e:
+        build_datasets("fashionmnist", str(tmp_path), download=True)
+    assert _one_line(str(e.value)) and "corrupt" in str(e.value) and "train-images-idx3-ubyte.gz" in str(e.value)
+    # the same files with their own md5 as the published one: decompressed and read, offline
+    monkeypatch.setattr(tvd.FashionMNIST, "resources",
+                        [(f"{name}.gz", _md5(folder / f"{name}.gz")) for name in arrays])
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    b = build_datasets("fashionmnist", str(tmp_path), download=True, augment=False)
+    assert b.train.targets == arrays["train-labels-idx1-ubyte"].tolist()
+    assert b.val.targets == arrays["t10k-labels-idx1-ubyte"].tolist()
+    np.testing.assert_array_equal(b.train.data[:, 2:30, 2:30, 0], arrays["train-images-idx3-ubyte"])
+    np.testing.assert_array_equal(b.val.data[:, 2:30, 2:30, 2], arrays["t10k-images-idx3-ubyte"])
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written there
+
+
+def _cifar_archive(tmp_path, kind):
+    """A tar.gz of a tiny CIFAR folder under the published archive's name, in tmp_path/data."""
+    import tarfile
+    stage = tmp_path / "stage"
+    base, xtr, ytr, xte, yte = _write_cifar(stage, kind)
+    cls = tvd.CIFAR10 if kind == "cifar10" else tvd.CIFAR100
+    data = tmp_path / "data"
+    data.mkdir()
+    with tarfile.open(data / cls.filename, "w:gz") as tar:
+        tar.add(base, arcname=cls.base_folder)
+    return cls, data, xtr, ytr, xte, yte
+
+
+@pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
+def test_cifar_published_archive_checked_and_extracted_offline(tmp_path, offline, monkeypatch, kind):
+    cls, data, xtr, ytr, xte, yte = _cifar_archive(tmp_path, kind)
+    with pytest.raises(DatasetUnavailableError) as e:  # not the published bytes
+        build_datasets(kind, str(data), download=True)
+    assert _one_line(str(e.value)) and "corrupt" in str(e.value) and cls.filename in str(e.value)
+    assert not (data / cls.base_folder).exists()
+    monkeypatch.setattr(cls, "tgz_md5", _md5(data / cls.filename))
+    with pytest.warns(UserWarning, match="md5"):  # the tiny batches are not the published ones
+        b = build_datasets(kind, str(data), download=True)
+    assert (data / cls.base_folder).is_dir()
+    assert b.train.targets == ytr and b.val.targets == yte
+    np.testing.assert_array_equal(b.train.data, xtr)
+    np.testing.assert_array_equal(b.val.data, xte)

@@ -21,8 +21,9 @@ from helper import distributed
 from runtime import collectives
 from runtime.errors import ConfigError, DistributedFailure
 
-# 100 training images: 50 per rank, batches of 16, 16, 16, 2; 50 test images, 25 per rank.
-TINY = tiny_argv(10, 5, 16, 2, 0.02, '--epochs', '2', '--dist_timeout', '60')
+# 100 training images: 50 per rank; --batch_size 32 per node, so batches of 16, 16, 16, 2 per rank;
+# 50 test images, 25 per rank.
+TINY = tiny_argv(10, 5, 32, 2, 0.02, '--epochs', '2', '--dist_timeout', '60')
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': ROOT}  # torchrun's default too
 
 
@@ -76,11 +77,13 @@ def test_torchrun_two_processes(method, teacher_path, tmp_path):
     run_dir = _run_dir(save)
     summary = json.loads((run_dir / 'summary.json').read_text())
     assert summary['world_size'] == 2 and summary['ranks_in_sync'] is True
+    _assert_batch_shared_by_two(result.stdout, run_dir)
     # Rank 0 alone prints and writes: one progress stream, one events file, no stray files.
     assert result.stdout.count('finished:') == 1 and result.stdout.count('epoch 2:') == 1
     assert len(glob.glob(str(run_dir / 'events.out.tfevents.*'))) == 1
     expected = {'options.json', 'metrics.json', 'summary.json', 'ckpt_last.pth', 'resnet8_best.pth',
-                'teacher_accuracy.json', 'cka_groups.json', 'cka_groups.png', 'cka_monitor.json'}  # monitoring: every method
+                'teacher_accuracy.json', 'cka_groups.json', 'cka_groups.png', 'cka_monitor.json',  # monitoring: every method
+                'parameters.json', 'test_best_metrics.json'}  # the family's files
     if method == 'ckagroup':
         expected |= {'cka_matrices.json'}
     assert {p.name for p in run_dir.iterdir() if not p.name.startswith('events.')} == expected
@@ -94,7 +97,17 @@ def test_torchrun_two_processes(method, teacher_path, tmp_path):
         assert history[-1]['cka/group_0'] == pytest.approx(matrices[-1]['group_cka'][0], abs=1e-6)
 
 
-def test_multiprocessing_distributed_on_cpu(teacher_path, tmp_path):
+def _assert_batch_shared_by_two(stdout, run_dir):
+    """--batch_size 32 per node over 2 processes: 16 each (the older repos' rule), said once; each
+    rank's 50 images then take 4 steps (16, 16, 16, 2)."""
+    assert stdout.count('each of its 2 processes takes --batch_size 16, --num_workers 0') == 1, stdout[-3000:]
+    assert stdout.count('epoch 1 [4/4]') == 1 and '[2/4]' in stdout
+    options = json.loads((run_dir / 'options.json').read_text())
+    assert (options['batch_size'], options['batch_size_per_node']) == (16, 32)
+    assert json.loads((run_dir / 'parameters.json').read_text())['batch_size'] == 16
+
+
+def test_multiprocessing_distributed_on_cpu(teacher_path, tmp_path, capfd):
     from helper.train import run_student
     save = tmp_path / 'save'
     summary = run_student(TINY + ['--path_t', str(teacher_path), '--model_s', 'resnet8', '--distill', 'crd',
@@ -104,6 +117,7 @@ def test_multiprocessing_distributed_on_cpu(teacher_path, tmp_path):
     # ranks_in_sync covers the student, the distiller (CRD embeddings, memory bank) and the optimiser.
     assert summary['world_size'] == 2 and summary['ranks_in_sync'] is True and summary['epochs'] == 2
     run_dir = _run_dir(save)
+    _assert_batch_shared_by_two(capfd.readouterr().out, run_dir)
     assert json.loads((run_dir / 'summary.json').read_text()) == summary
     assert len(glob.glob(str(run_dir / 'events.out.tfevents.*'))) == 1
 
@@ -264,14 +278,14 @@ def _check_unused_rule():
     from distiller_zoo import build_distiller, distiller_names
     from distiller_zoo.base import Batch
     from helper.loops import DistillObjective, find_unused_parameters
-    from helper.options import student_parser
+    from helper.options import parse_student_options
 
     torch.manual_seed(0)
     images, targets = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
     data = torch.utils.data.TensorDataset(torch.randn(16, 3, 32, 32), torch.arange(16) % 10)
     for method in distiller_names():
-        opt = student_parser().parse_args(['--distill', method, '-b', '1', '--nce_k', '4', '--feat_dim', '8',
-                                           '--cka_groups', '2', '--cka_batches', '1', '--batch_size', '8'])
+        opt = parse_student_options(['--distill', method, '-b', '1', '--nce_k', '4', '--feat_dim', '8',
+                                     '--cka_groups', '2', '--cka_batches', '1', '--batch_size', '8'])
         teacher, student = models.build_model('resnet8', 10).eval(), models.build_model('resnet8', 10)
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -315,6 +329,22 @@ def test_port_in_use_is_one_line_and_quick(teacher_path, tmp_path):
         with pytest.raises(ConfigError, match='--dist-url.*in use'):
             distributed.init_process('cpu', 0, 1, 0, url, f'--dist-url {url}', timeout_s=10)
     assert not collectives.is_distributed()
+
+
+def test_batch_that_does_not_divide_stops_both_launchers_with_one_line(teacher_path, tmp_path, capsys):
+    from helper.train import main, run_student
+    odd = TINY + ['--batch_size', '31', '--path_t', str(teacher_path), '--model_s', 'resnet8',
+                  '--save_dir', str(tmp_path / 'save')]
+    assert main(run_student, odd + ['--multiprocessing-distributed', '--nproc', '2',
+                                    '--dist-url', _store(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['error: --batch_size 31 does not divide over the 2 processes per node; give a multiple of 2']
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           os.path.join(ROOT, 'train_student.py')] + odd
+    result = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.count('error: --batch_size 31 does not divide over the 2 processes') == 1, result.stderr
+    assert not (tmp_path / 'save').exists()  # stopped before anything was written
 
 
 def _dying_worker(rank, url):

@@ -19,7 +19,7 @@ def fast_teacher(tmp_path_factory):
     save = tmp_path_factory.mktemp('save')
     summary = run_teacher(TINY + FAST + ['--model', 'resnet8', '--epochs', '1', '--save_dir', str(save)])
     assert summary['epochs'] == 1
-    return save / 'teachers' / 'resnet8_vanilla_synthetic_lr_0.02_decay_0.0005_trial_1' / 'resnet8_best.pth'
+    return save / 'teachers' / 'resnet8_vanilla_synthetic_lr_0.02_decay_0.0005_trial_0' / 'resnet8_best.pth'
 
 
 def _student(teacher, save, extra=()):

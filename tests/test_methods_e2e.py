@@ -1,5 +1,5 @@
 """Every --distill method: a tiny end-to-end run on synthetic (with a last short batch) whose
-checkpoint reloads into a fresh student and distiller that predict exactly as the saved one."""
+checkpoint reloads into a fresh student and distiller that predict exactly as the trained ones."""
 import argparse
 import json
 import math
@@ -10,6 +10,7 @@ import torch
 import models
 from conftest import distill_context, tiny_argv
 from distiller_zoo import build_distiller, distiller_names
+from helper import train as train_mod
 from helper.train import run_student
 
 # 13 images per class: 130 training images in batches of 24 leave a last batch of 10.
@@ -34,15 +35,23 @@ def test_every_method_is_registered():
 
 
 @pytest.mark.parametrize('method', sorted(BETA))
-def test_method_trains_and_checkpoint_reloads(method, teacher_path, tmp_path):
+def test_method_trains_and_checkpoint_reloads(method, teacher_path, tmp_path, monkeypatch):
     weights = ['-c', '0', '-d', '0'] if method == 'simkd' else ['-c', '1', '-d', '1']
     args = TINY + ['--path_t', str(teacher_path), '--model_s', 'resnet8', '--distill', method,
                    '-b', str(BETA[method]), '--save_dir', str(tmp_path)] + weights
+    trained = {}  # the run's own student and distiller, as they are when training ends
+    fit = train_mod.Trainer.fit
+
+    def fit_and_keep(self, *a, **k):
+        trained.update(student=self.model, distiller=self.extra_state['distiller'])
+        return fit(self, *a, **k)
+    monkeypatch.setattr(train_mod.Trainer, 'fit', fit_and_keep)
     summary = run_student(args)
     assert summary['epochs'] == 1
     (run_dir,) = (tmp_path / 'students').iterdir()
     ckpt = torch.load(run_dir / 'ckpt_last.pth', weights_only=True)
     assert ckpt['arch'] == 'resnet8' and ckpt['teacher_arch'] == 'resnet8x4' and ckpt['distill'] == method
+    _check_family_files(run_dir, ckpt, method)
 
     student = models.build_model(ckpt['arch'], num_classes=ckpt['num_classes'])
     student.load_state_dict(ckpt['model'])
@@ -59,17 +68,49 @@ def test_method_trains_and_checkpoint_reloads(method, teacher_path, tmp_path):
     student.eval()
     distiller.eval()
     images = torch.randn(5, 3, 32, 32)
+    trained['student'].eval()
+    trained['distiller'].eval()
     with torch.no_grad():
         logits = distiller.predict(student, images)
+        expected = trained['distiller'].predict(trained['student'], images)
     assert logits.shape == (5, 10) and torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
     if method == 'simkd':  # the deployed SimKD student needs no distiller and no teacher
         from distiller_zoo.simkd import load_simkd_inference
         deployed = load_simkd_inference(student, ckpt['deploy']).eval()
         with torch.no_grad():
-            torch.testing.assert_close(deployed(images), logits)
-    else:
-        with torch.no_grad():
-            torch.testing.assert_close(student(images), logits)
+            torch.testing.assert_close(deployed(images), expected)
+
+
+# The SimKD repo's projector (models/util.py, class SimKD) for a resnet8 student (64 channels at
+# feats[-2]) and a resnet8x4 teacher (256), factor 2: its state_dict keys and shapes.
+FAMILY_SIMKD_PROJ = {'transfer.0.weight': (128, 64, 1, 1), 'transfer.3.weight': (128, 128, 3, 3),
+                     'transfer.6.weight': (256, 128, 1, 1),
+                     **{f'transfer.{i}.{name}': (c,) for i, c in ((1, 128), (4, 128), (7, 256))
+                        for name in ('weight', 'bias', 'running_mean', 'running_var')},
+                     **{f'transfer.{i}.num_batches_tracked': () for i in (1, 4, 7)}}
+
+
+def _check_family_files(run_dir, ckpt, method):
+    """The SimKD repo's files, read back: parameters.json, test_best_metrics.json (written at a
+    new best test accuracy, so only when it is above 0) and a simkd student's 'proj'."""
+    params = json.loads((run_dir / 'parameters.json').read_text())
+    assert params['distill'] == method and params['seed'] == ckpt['seed']
+    assert {'Total params', 'Total time'} <= set(params)
+    best_file = run_dir / 'test_best_metrics.json'
+    assert best_file.exists() == (ckpt['best_acc'] > 0)
+    if best_file.exists():
+        test = ckpt['history'][0]
+        assert json.loads(best_file.read_text()) == {'test_loss': test['test/loss'], 'test_acc': test['test/top1'],
+                                                     'test_acc_top5': test['test/top5'], 'epoch': 1}
+    if method != 'simkd':
+        assert 'proj' not in ckpt
+        return
+    assert {k: tuple(v.shape) for k, v in ckpt['proj'].items()} == FAMILY_SIMKD_PROJ
+    for key, value in ckpt['proj'].items():
+        assert torch.equal(value, ckpt['distiller'][f'projector.{key}']), key
+    if best_file.exists():
+        assert torch.load(run_dir / 'resnet8_best.pth', weights_only=True)['proj'].keys() == FAMILY_SIMKD_PROJ.keys()
 
 
 @pytest.mark.parametrize('method', sorted(BETA))

@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-import models
 from conftest import ROOT, tiny_argv
 from helper.train import main, run_student, run_teacher
 
@@ -26,7 +25,7 @@ def read_scalars(run_dir):
 def teacher_ckpt(tmp_path_factory):
     save = tmp_path_factory.mktemp('save')
     summary = run_teacher(TINY + ['--model', 'resnet8', '--epochs', '2', '--save_dir', str(save)])
-    run_dir = save / 'teachers' / 'resnet8_vanilla_synthetic_lr_0.02_decay_0.0005_trial_1'
+    run_dir = save / 'teachers' / 'resnet8_vanilla_synthetic_lr_0.02_decay_0.0005_trial_0'
     assert summary['epochs'] == 2
     return run_dir / 'resnet8_best.pth'
 
@@ -162,16 +161,34 @@ def test_low_lr_rule_is_applied_and_printed(capsys):
     assert '0.01' in capsys.readouterr().out
 
 
-def test_seed_parser_flags_kept():
-    from helper.options import student_parser
-    parser = student_parser()
-    flags = {s for action in parser._actions for s in action.option_strings}
-    for flag in ('--print_freq --batch_size --num_workers --epochs --gpu_id --learning_rate '
-                 '--lr_decay_epochs --lr_decay_rate --weight_decay --momentum --dataset --model_s '
-                 '--path_t --trial --kd_T --distill -c --cls -d --div -b --beta -f --factor -s --soft '
-                 '--hint_layer --feat_dim --mode --nce_k --nce_t --nce_m --dali '
-                 '--multiprocessing-distributed --dist-url --deterministic --skip-validation').split():
-        assert flag in flags, flag
-    opt = parser.parse_args([])
-    assert (opt.batch_size, opt.epochs, opt.learning_rate, opt.kd_T, opt.nce_k) == (64, 240, 0.05, 4, 16384)
-    assert models.build_model('resnet8x4', num_classes=10) is not None
+def test_values_given_the_older_way_parse_to_the_same_types():
+    # Defaults, choices and short forms are compared with the family's table in test_family_flags.py.
+    from helper.options import parse_student_options
+    given = parse_student_options(['--lr_decay_epochs', '30,60', '-b', '0.8', '--trial', '3', '--kd_T', '2',
+                                   '--hint_layer', '2', '--multiprocessing-distributed', '--skip-validation'])
+    assert (given.lr_decay_epochs, given.beta, given.trial, given.kd_T, given.hint_layer) == ([30, 60], 0.8, '3', 2.0, 2)
+    assert given.multiprocessing_distributed and given.skip_validation
+
+
+def test_lr_at_decays_after_each_milestone():
+    """The older repos' rule: lr * rate ** (number of milestones strictly below the epoch)."""
+    from argparse import Namespace
+    from helper.train import lr_at
+    opt = Namespace(learning_rate=0.05, lr_decay_rate=0.1, lr_decay_epochs=[150, 180, 210])
+    expected = {1: 0.05, 150: 0.05, 151: 0.005, 180: 0.005, 181: 0.0005, 210: 0.0005, 211: 0.00005, 240: 0.00005}
+    for epoch, lr in expected.items():
+        assert lr_at(opt, epoch) == pytest.approx(lr, rel=1e-12), epoch
+    assert lr_at(Namespace(learning_rate=0.1, lr_decay_rate=0.5, lr_decay_epochs=[]), 300) == 0.1
+
+
+def test_trainer_applies_the_schedule(tmp_path):
+    """The lr each epoch trains with (metrics and the optimiser state) follows the milestones."""
+    run_teacher(['--dataset', 'synthetic', '--train_per_class', '3', '--val_per_class', '1', '--num_workers', '0',
+                 '--device', 'cpu', '--batch_size', '16', '--model', 'resnet8', '--epochs', '3',
+                 '--learning_rate', '0.1', '--lr_decay_epochs', '1,2', '--lr_decay_rate', '0.5',
+                 '--save_dir', str(tmp_path)])
+    (run_dir,) = (tmp_path / 'teachers').iterdir()
+    history = json.loads((run_dir / 'metrics.json').read_text())
+    assert [r['lr'] for r in history] == pytest.approx([0.1, 0.05, 0.025])
+    ckpt = torch.load(run_dir / 'ckpt_last.pth', weights_only=True)
+    assert ckpt['optimizer']['param_groups'][0]['lr'] == pytest.approx(0.025)

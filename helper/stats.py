@@ -1,0 +1,86 @@
+"""Small-sample statistics of the evidence runs: mean ± std over seeds and paired differences with
+a Student-t confidence interval (no scipy: the t distribution of integer degrees of freedom has a
+closed-form CDF, Abramowitz & Stegun 26.7.3-26.7.4, inverted here by bisection)."""
+import math
+import statistics
+from typing import Dict, Optional, Sequence
+
+
+def t_two_sided_mass(t: float, df: int) -> float:
+    """P(|T| < t) for Student's T with integer ``df`` >= 1 degrees of freedom (A&S 26.7.3/4)."""
+    if isinstance(df, bool) or int(df) != df or df < 1:
+        raise ValueError(f'degrees of freedom must be a positive integer, got {df!r}')
+    df = int(df)
+    if t <= 0:
+        return 0.0
+    theta = math.atan(t / math.sqrt(df))
+    c2 = math.cos(theta) ** 2
+    if df % 2 == 1:
+        # 2/pi * (theta + sin(theta) * (cos + 2/3 cos^3 + (2*4)/(3*5) cos^5 + ... up to cos^(df-2)))
+        series, term = 0.0, math.cos(theta)
+        for k in range(1, (df - 1) // 2 + 1):
+            series += term
+            term *= c2 * (2 * k) / (2 * k + 1)
+        return 2 / math.pi * (theta + math.sin(theta) * series)
+    # sin(theta) * (1 + 1/2 cos^2 + (1*3)/(2*4) cos^4 + ... up to cos^(df-2))
+    series, term = 0.0, 1.0
+    for k in range(1, df // 2 + 1):
+        series += term
+        term *= c2 * (2 * k - 1) / (2 * k)
+    return math.sin(theta) * series
+
+
+def t_quantile_two_sided(confidence: float, df: int) -> float:
+    """The t with P(|T| < t) = ``confidence``, e.g. 12.706 for 0.95 and df = 1."""
+    if not 0 < confidence < 1:
+        raise ValueError(f'confidence must lie in (0, 1), got {confidence}')
+    low, high = 0.0, 1.0
+    while t_two_sided_mass(high, df) < confidence:
+        high *= 2
+    for _ in range(200):  # bisection to float precision
+        mid = (low + high) / 2
+        if t_two_sided_mass(mid, df) < confidence:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def mean_std(values: Sequence[float]) -> Dict[str, Optional[float]]:
+    """Mean and sample standard deviation (n - 1); std is None below two values."""
+    values = [float(v) for v in values]
+    return {'n': len(values), 'mean': statistics.fmean(values) if values else None,
+            'std': statistics.stdev(values) if len(values) > 1 else None}
+
+
+def paired_difference(row: Dict[int, float], baseline: Dict[int, float], confidence: float = 0.95) -> dict:
+    """Mean of row - baseline over the seeds both have, with its t-interval.
+
+    ``row`` / ``baseline``: seed -> value. Pairing removes what the seeds share (init, data order,
+    augmentation). Returns {'n', 'seeds', 'mean', 'std', 'half_width', 'low', 'high', 'confidence'}; the
+    interval is None below two paired seeds.
+    """
+    seeds = sorted(set(row) & set(baseline))
+    diffs = [float(row[s]) - float(baseline[s]) for s in seeds]
+    out = {'n': len(seeds), 'seeds': seeds, 'confidence': confidence, 'mean': None, 'std': None,
+           'half_width': None, 'low': None, 'high': None}
+    if not diffs:
+        return out
+    out['mean'] = statistics.fmean(diffs)
+    if len(diffs) > 1:
+        out['std'] = statistics.stdev(diffs)
+        out['half_width'] = t_quantile_two_sided(confidence, len(diffs) - 1) * out['std'] / math.sqrt(len(diffs))
+        out['low'], out['high'] = out['mean'] - out['half_width'], out['mean'] + out['half_width']
+    return out
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
+    """Pearson correlation, None below three points or when either side is constant."""
+    if len(xs) != len(ys):
+        raise ValueError(f'pearson needs equal lengths, got {len(xs)} and {len(ys)}')
+    if len(xs) < 3:
+        return None
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)

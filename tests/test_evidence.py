@@ -1,0 +1,208 @@
+"""helper.evidence / scripts/evidence.py: the declared comparisons, paired seeds, reuse and resume of
+runs, the summary, and the figures (checked through matplotlib objects)."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+import models
+from dataset import build_datasets
+from helper import evidence, evidence_figures
+from cka.grouping import random_split
+from runtime.errors import ConfigError
+from helper.options import parse_student_options
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _value(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+def test_the_declared_comparisons_are_those_of_issue_17():
+    pairs = {name: (c.teacher.model, c.student) for name, c in evidence.COMPARISONS.items()}
+    assert pairs == {'resnet56_resnet8': ('resnet56', 'resnet8'), 'resnet32_mobilenetv2': ('resnet32', 'MobileNetV2'),
+                     'resnet56_resnet8_sensitivity': ('resnet56', 'resnet8')}
+    for name in ('resnet56_resnet8', 'resnet32_mobilenetv2'):
+        c = evidence.COMPARISONS[name]
+        assert set(c.rows) == {'kd', 'ckagroup', 'even_groups', 'random_groups', 'one_group'}
+        assert len(c.seeds) >= 5 and c.train_per_class == 500  # 10% of CIFAR-10's 5,000 per class
+        assert _value(c.rows['even_groups'], '--cka_teacher_split') == 'even'
+        assert _value(c.rows['random_groups'], '--cka_teacher_split') == 'random'
+        assert _value(c.rows['one_group'], '--cka_groups') == '1'
+        assert {_value(c.rows[r], '--cka_groups') for r in c.rows if r != 'one_group'} == {'4'}
+    sensitivity = evidence.COMPARISONS['resnet56_resnet8_sensitivity']
+    assert len(sensitivity.seeds) == 3
+    ckagroup_rows = [argv for argv in sensitivity.rows.values() if _value(argv, '--distill') == 'ckagroup']
+    betas = {_value(a, '-b') for a in ckagroup_rows if _value(a, '--cka_groups') == '4'}
+    ns = {_value(a, '--cka_groups') for a in ckagroup_rows if _value(a, '-b') == '5'}
+    assert betas == {'1', '5', '20'} and ns == {'2', '3', '4'}
+
+
+@pytest.mark.parametrize('name', list(evidence.COMPARISONS))
+def test_every_row_parses_and_rows_of_one_seed_differ_only_in_their_objective(name, tmp_path):
+    c = evidence.COMPARISONS[name]
+    instrument = evidence.Instrument(c, str(tmp_path / 'results'), str(tmp_path / 'work'), 'data')
+    for seed in c.seeds:
+        parsed = {row: vars(parse_student_options(instrument.student_argv(row, seed) + ['--path_t', 'T.pth']))
+                  for row in c.rows}
+        assert {p['seed'] for p in parsed.values()} == {seed}
+        shared = ('seed', 'epochs', 'lr_decay_epochs', 'learning_rate', 'batch_size', 'train_per_class',
+                  'val_per_class', 'model_s', 'dataset')
+        assert len({repr([p[k] for k in shared]) for p in parsed.values()}) == 1
+
+
+def test_a_declaration_the_instrument_cannot_measure_is_refused():
+    c = evidence.COMPARISONS['resnet56_resnet8']
+    with pytest.raises(ConfigError, match='not evaluated by the student alone'):
+        evidence.check_comparison(evidence.with_budget(c, rows={**c.rows, 'simkd': ('--distill', 'simkd')}))
+    with pytest.raises(ConfigError, match='baseline rows'):
+        evidence.check_comparison(evidence.with_budget(c, rows={'kd': c.rows['kd']}))
+    with pytest.raises(ConfigError, match='CKA monitor'):
+        evidence.check_comparison(evidence.with_budget(c, val_per_class=5))
+
+
+def test_plateau_and_flow_cka_by_hand():
+    assert evidence.plateau([1, 2, 3, 4], window=2) == pytest.approx(3.5 - 1.5)
+    assert evidence.plateau([1, 2, 3], window=2) is None
+    record = {'monitor_matrix': [[0.9, 0.5, 0.1], [0.2, 0.6, 0.8], [0.0, 0.3, 0.4]]}
+    # student layers split evenly in two: [0, 1] and [2]; CKA groups [0, 1] and [2]:
+    # mean(0.9, 0.5, 0.2, 0.6) = 0.55 and 0.4 -> 0.475
+    assert evidence.flow_cka(record, [[0, 1], [2]]) == pytest.approx(0.475)
+    assert evidence.flow_cka(record, None) is None
+
+
+def _fake_run(row, seed, top1, curve, groups=None):
+    return {'row': row, 'seed': seed, 'test_top1_full': top1, 'curve': curve, 'epoch_seconds': 1.0,
+            'teacher_groups': groups, 'monitor_matrix': None}
+
+
+def test_summary_from_raw_runs_by_hand(tmp_path):
+    c = evidence.with_budget(evidence.COMPARISONS['resnet56_resnet8'], seeds=(0, 1, 2))
+    teacher = {'model': 'resnet56', 'epochs': 3, 'train_images': 50000, 'test_top1_full': 90.0,
+               'plateau_gain': None, 'seconds': 1.0}
+    accuracy = {'kd': [60.0, 62.0, 61.0], 'ckagroup': [61.0, 62.5, 61.0], 'random_groups': [60.5, 63.0]}
+    records = [_fake_run(row, s, v, [v - 2, v], [[s], [s + 1]]) for row, vs in accuracy.items() for s, v in enumerate(vs)]
+    summary = evidence.summarise(c, teacher, records, str(tmp_path))
+    rows = summary['rows']
+    assert list(rows) == ['kd', 'ckagroup', 'random_groups']
+    assert rows['ckagroup']['top1']['mean'] == pytest.approx(61.5)
+    vs_kd = rows['ckagroup']['vs']['kd']  # differences 1.0, 0.5, 0.0: mean 0.5, sd 0.5, t(2) = 4.302653
+    assert vs_kd['n'] == 3 and vs_kd['mean'] == pytest.approx(0.5)
+    assert vs_kd['half_width'] == pytest.approx(4.302653 * 0.5 / 3 ** 0.5, abs=1e-5)
+    assert rows['random_groups']['vs']['ckagroup']['n'] == 2  # paired over the seeds both have
+    assert rows['random_groups']['random_partitions'] == ['[[0], [1]]', '[[1], [2]]']
+    assert 'kd' not in rows['kd']['vs']
+    table = open(tmp_path / 'summary.md').read()
+    assert 'Low data: the student trains on 500 images per class' in table
+    assert '| ckagroup | 3 | 61.50 ± 0.87 | +0.50 [-0.74, +1.74] (n=3) |' in table
+    assert json.load(open(tmp_path / 'summary.json'))['rows']['kd']['seeds'] == [0, 1, 2]
+    assert (tmp_path / 'curves.png').stat().st_size > 0 and (tmp_path / 'forest.png').stat().st_size > 0
+
+
+def test_learning_curve_figure_has_one_line_per_row_and_bands_for_several_seeds():
+    figure = evidence_figures.learning_curves({'kd': [[1, 2, 3], [2, 3, 4]], 'ckagroup': [[1, 3, 5]]}, 'pair')
+    axes = figure.axes[0]
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ['kd (n=2)', 'ckagroup (n=1)']
+    assert list(axes.lines[0].get_ydata()) == [1.5, 2.5, 3.5]
+    assert len(axes.collections) == 1  # the band of kd only
+    assert axes.get_xlabel() == 'epoch' and 'top-1' in axes.get_ylabel()
+    evidence_figures.plt.close(figure)
+
+
+def test_forest_plot_has_an_error_bar_per_interval():
+    from helper.stats import paired_difference
+    diffs = {'ckagroup': paired_difference({0: 2, 1: 3, 2: 3.5}, {0: 1, 1: 1, 2: 2}),
+             'even_groups': paired_difference({0: 1, 1: 0, 2: 1}, {0: 1, 1: 1, 2: 2}),
+             'one_seed': paired_difference({0: 4}, {0: 1})}
+    figure = evidence_figures.forest_plot(diffs, 'kd', 'pair')
+    axes = figure.axes[0]
+    assert len(axes.containers) == 2  # one ErrorbarContainer per row with an interval
+    bar = axes.containers[0]
+    (segments,) = bar.lines[2]
+    x_low, x_high = segments.get_segments()[0][:, 0]
+    assert (x_low, x_high) == pytest.approx((diffs['ckagroup']['low'], diffs['ckagroup']['high']))
+    assert [t.get_text() for t in axes.get_yticklabels()] == ['ckagroup (n=3)', 'even_groups (n=3)', 'one_seed (n=1)']
+    assert axes.get_xlabel().startswith('top-1 minus kd') and '95%' in axes.get_xlabel()
+    evidence_figures.plt.close(figure)
+
+
+TINY = evidence.Comparison(
+    'tiny', evidence.Teacher('resnet8', epochs=1, lr_decay_epochs='1', train_per_class=4), 'resnet8',
+    {'kd': ('--distill', 'kd', '-c', '1', '-d', '1', '-b', '0', '--cka_groups', '2'),
+     'ckagroup': evidence.DISTILL_ARGS + ('-b', '5', '--cka_groups', '2'),
+     'random_groups': evidence.DISTILL_ARGS + ('-b', '5', '--cka_groups', '2', '--cka_teacher_split', 'random')},
+    seeds=(0, 1), epochs=1, lr_decay_epochs='1', train_per_class=4, val_per_class=4, batch_size=8,
+    dataset='synthetic')
+
+
+def test_end_to_end_runs_are_written_as_they_finish_then_reused_or_resumed(tmp_path, monkeypatch):
+    results, work = str(tmp_path / 'results'), str(tmp_path / 'work')
+    extra = ['--cka_batches', '2']
+    summary = evidence.Instrument(TINY, results, work, str(tmp_path), extra=extra).run()
+    runs = os.path.join(results, 'tiny', 'runs')
+    assert sorted(os.listdir(runs)) == sorted(f'{r}_seed{s}.json' for r in TINY.rows for s in TINY.seeds)
+    teacher = json.load(open(os.path.join(results, 'tiny', 'teacher.json')))
+    assert teacher['train_images'] == 40 and teacher['epochs'] == 1
+    for name in os.listdir(runs):
+        record = json.load(open(os.path.join(runs, name)))
+        assert _value(record['argv'], '--seed') == str(record['seed'])
+        assert record['test_images_full'] == 1000 and record['train_images'] == 40
+        if record['row'] == 'random_groups':
+            assert record['teacher_split'] == 'random'
+            assert record['teacher_groups'] == random_split(4, 2, record['seed'])  # resnet8: stem + 3 blocks
+    assert summary['rows']['ckagroup']['vs']['kd']['n'] == 2
+    # the reported number: the last checkpoint's own top-1 over the whole test set, counted here by hand
+    record = json.load(open(os.path.join(runs, 'kd_seed0.json')))
+    folder = os.path.join(work, 'tiny', 'kd_seed0', 'students')
+    checkpoint = torch.load(os.path.join(folder, os.listdir(folder)[0], 'ckpt_last.pth'), weights_only=True)
+    model = models.build_model('resnet8', num_classes=10)
+    model.load_state_dict(checkpoint['model'])
+    model.eval()
+    test_set = build_datasets('synthetic', None).val
+    with torch.no_grad():
+        correct = sum(int((model(images).argmax(dim=1) == labels).sum())
+                      for images, labels in torch.utils.data.DataLoader(test_set, batch_size=500))
+    assert record['test_top1_full'] == pytest.approx(100.0 * correct / len(test_set), abs=1e-4)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError('a finished run was trained again')
+    monkeypatch.setattr('helper.train.run_student', no_training)
+    monkeypatch.setattr('helper.train.run_teacher', no_training)
+    evidence.Instrument(TINY, results, work, str(tmp_path), extra=extra).run()
+    monkeypatch.undo()
+
+    # an interrupted run: its raw JSON is not there yet, its run folder holds the last checkpoint
+    os.remove(os.path.join(runs, 'kd_seed1.json'))
+    log = []
+    again = evidence.Instrument(TINY, results, work, str(tmp_path), extra=extra, log=log.append).run()
+    assert log == ['== teacher resnet8: reused (' + os.path.join(results, 'tiny', 'teacher.json') + ')',
+                   '== kd, seed 1 (resuming)']
+    assert again['rows']['kd']['top1'] == summary['rows']['kd']['top1']
+    assert json.load(open(os.path.join(runs, 'kd_seed1.json')))['resumed'] is True
+
+    # another comparison with the same teacher and rows reuses the finished runs (no student trains)
+    monkeypatch.setattr('helper.train.run_student', no_training)
+    sibling = evidence.with_budget(TINY, name='tiny_sibling', rows={r: TINY.rows[r] for r in ('kd', 'ckagroup')})
+    evidence.Instrument(sibling, results, work, str(tmp_path), extra=extra).run()
+    monkeypatch.undo()
+    reused = json.load(open(os.path.join(results, 'tiny_sibling', 'runs', 'ckagroup_seed1.json')))
+    assert reused['reused_from'] == os.path.join('tiny', 'runs', 'ckagroup_seed1.json')
+
+    # other settings never mix with the stored runs
+    with pytest.raises(ConfigError, match='other settings'):
+        evidence.Instrument(TINY, results, work, str(tmp_path), extra=['--cka_batches', '3']).run()
+
+
+def test_the_script_refuses_smoke_budgets_in_docs_results(capsys):
+    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+    try:
+        import evidence as script
+    finally:
+        sys.path.pop(0)
+    assert script.main(['run', 'resnet56_resnet8', '--epochs', '2']) == 2
+    assert 'smoke results, not evidence' in capsys.readouterr().err
+    assert script.main(['list']) == 0
+    assert 'resnet56_resnet8: resnet56 -> resnet8, seeds [0, 1, 2, 3, 4]' in capsys.readouterr().out
