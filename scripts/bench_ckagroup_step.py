@@ -1,7 +1,7 @@
 """Cost of --distill ckagroup against --distill kd: step time, peak memory, teacher depth,
 teacher-group precompute. Every figure is measured in this one run and printed with the machine.
 
-    python scripts/bench_ckagroup_step.py                       # everything, CPU: about 6 min on 2 cores
+    python scripts/bench_ckagroup_step.py                       # everything (--json FILE: also as JSON)
     python scripts/bench_ckagroup_step.py --parts step --runs 1 --repeats 10
     python scripts/bench_ckagroup_step.py --device cuda --compile reduce-overhead --json out.json
 
