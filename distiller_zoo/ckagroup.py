@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -359,10 +360,14 @@ def resolve_groups(ctx: DistillContext, student_layers: LayerOutputs, teacher_la
             raise ConfigError('grouping the teacher needs training data, or --cka_group_file')
         # Distributed: rank 0 groups the teacher and sends the record, so that every rank
         # pairs the same groups (its errors are raised on every rank).
+        start = time.perf_counter()
         record = distributed.run_on_main(lambda: compute_teacher_groups(
             ctx.teacher, teacher_layers, ctx.eval_train_set(), n, opt.cka_batches,
             opt.batch_size, opt.cka_kernel, debiased, opt.seed, ctx.device,
             max_groups=len(student_layers), extra_settings={'teacher': ctx.teacher_name}))
+        if distributed.is_main():
+            print(f'ckagroup: teacher groups computed from {record["settings"]["batches"]} batches of '
+                  f'{opt.batch_size} in {time.perf_counter() - start:.1f} s')
         if n is None:  # --cka_groups auto: n is known only now
             n = len(record['groups'])
             parse_weights(opt.cka_weights, opt.cka_agg, n)

@@ -20,7 +20,8 @@ from helper import family_files
 from helper import options as options_mod
 from helper.checkpoint import freeze, load_checkpoint, load_teacher, save_atomic
 from helper.errors import ConfigError
-from helper.loops import CrossEntropyObjective, DistillObjective, StepOptions, train_epoch, validate
+from helper.loops import (CrossEntropyObjective, DistillObjective, StepOptions, amp_cpu_note, train_epoch,
+                          validate)
 from helper.monitor import build_monitor
 from helper.run_folder import LAST_CKPT, RunFolder
 
@@ -289,6 +290,9 @@ def _prepare(opt):
     if opt.dali is not None:
         raise ConfigError('--dali is not supported; drop it (the default loader is used)')
     device = distributed.device() if distributed.is_distributed() else select_device(opt.device)
+    note = amp_cpu_note(getattr(opt, 'amp', False), device)
+    if note and distributed.is_main():
+        print(note)
     if distributed.world_size() > 1:  # before any other collective: a mismatch could hang them
         distributed.check_consistent(_option_values(opt))
     torch.manual_seed(opt.seed)
