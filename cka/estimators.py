@@ -31,8 +31,10 @@ Numerics (see docs in the project's CKA notes):
   outputs measured 1.4-2.3), which costs no copy of the features; any other layer is shifted per column
   **before** the Gram (by a reference built from the first rows: exact zeros for constant
   columns, exact subtractions under a large common offset). The n x n Gram is then double-centred
-  (or U-centred) exactly. float32 by default (``dtype=torch.float64`` on request), always outside
-  autocast. Gram backward: one product, ``(dG + dG^T) Y``.
+  (or U-centred) exactly. The compute dtype is at least float32: float32 for float32 or narrower
+  (bf16/fp16) inputs, float64 when an input is float64 (or ``dtype=`` forces one), always outside
+  autocast. Gram backward: one product, ``(dG + dG^T) Y``. On CPU a wide layer's Gram is summed
+  over column chunks (one ``bmm``, see :func:`_gram_product`).
 * Each layer's Gram is normalised by its (detached) trace; features so huge or tiny that their
   Gram would overflow or underflow are first rescaled by a detached power of two. CKA is scale
   invariant, so gradients through detached scales are exact.
@@ -143,6 +145,41 @@ def _flatten(x: torch.Tensor, n: int) -> torch.Tensor:
 _SHIFT_ROWS = 8
 
 
+def _compute_dtype(layers: Sequence[torch.Tensor], dtype: Optional[torch.dtype]) -> torch.dtype:
+    """``dtype`` when given, else at least float32: float64 inputs stay float64 (as SemCKD's Gram)."""
+    if dtype is not None:
+        return dtype
+    result = torch.float32
+    for x in layers:
+        if x.is_floating_point():
+            result = torch.promote_types(result, x.dtype)
+    return result
+
+
+# Column-chunk width of the CPU Gram product (see _gram_product).
+_GRAM_CHUNK = 2048
+
+
+def _gram_product(y: torch.Tensor) -> torch.Tensor:
+    """``y @ y^T`` for (n, p) or (k, n, p) features.
+
+    On CPU a wide 2-D ``y`` (n x p with p >> n, e.g. 64 x 65,536) is cut into ~2048-column
+    chunks whose Grams one ``bmm`` computes and a sum adds: the BLAS handles that shape better than
+    one n x n output with a very long inner dimension, and the chunked sum is no less accurate
+    (shorter running sums). Other shapes and devices take the plain product.
+    """
+    if y.dim() != 2 or y.device.type != "cpu" or not y.is_contiguous():
+        return y @ y.transpose(-1, -2)
+    n, p = y.shape
+    chunks = p // _GRAM_CHUNK
+    while chunks > 1 and p % chunks:
+        chunks -= 1
+    if chunks < 2:
+        return y @ y.transpose(-1, -2)
+    blocks = y.view(n, chunks, p // chunks).transpose(0, 1)      # (chunks, n, w), a view
+    return torch.bmm(blocks, blocks.transpose(1, 2)).sum(0)
+
+
 def _shift_reference(x: torch.Tensor) -> torch.Tensor:
     """Per-column shift for (..., n, p) features: ``x_0 + mean_{r < 8}(x_r - x_0)``, (..., 1, p).
 
@@ -166,7 +203,7 @@ class _Gram(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(y)
-        return y @ y.transpose(-1, -2)
+        return _gram_product(y)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -227,7 +264,7 @@ _RAW_OFFSET_MAX = 16.0
 
 
 def _prepared_grams(xs: Layers, kernel: str, debiased: bool, rbf_threshold: float,
-                    rbf_sigma2, dtype: torch.dtype,
+                    rbf_sigma2, dtype: Optional[torch.dtype],
                     batched: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Centred (or U-centred) kernels of every layer in trace-normalised units.
 
@@ -240,6 +277,7 @@ def _prepared_grams(xs: Layers, kernel: str, debiased: bool, rbf_threshold: floa
     _check_args(kernel, n, debiased)
     L = len(xs)
     device = xs[0].device
+    dtype = _compute_dtype(xs, dtype)
     with _autocast_off(device):
         flat = [_flatten(x, n) for x in xs]
         # Layers with the same flattened width share one batched Gram product.
@@ -314,12 +352,13 @@ def _prepared_grams(xs: Layers, kernel: str, debiased: bool, rbf_threshold: floa
 
 def normalized_grams(xs: Layers, kernel: str = "linear", debiased: bool = False, *,
                      rbf_threshold: float = 0.5, rbf_sigma2=None,
-                     dtype: torch.dtype = torch.float32,
+                     dtype: Optional[torch.dtype] = None,
                      batched: Optional[bool] = None) -> torch.Tensor:
     """Centred (``debiased=True``: U-centred) kernels, Frobenius-normalised, flattened.
 
     ``xs``: one batch-first tensor or a list of them (any shapes, same batch size n), each
-    flattened per sample. Returns an ``(L, n*n)`` tensor in ``dtype``; a constant layer's row is
+    flattened per sample. Returns an ``(L, n*n)`` tensor in ``dtype`` (default: float32, or float64
+    for float64 inputs); a constant layer's row is
     zero. The CKA between layers ``i`` of ``S`` and ``j`` of ``T`` is ``(S @ T.T)[i, j]``.
 
     ``batched``: Grams of equal-width layers in one ``bmm`` (default: off the CPU) or one ``mm``
@@ -342,13 +381,14 @@ def cka_from_grams(S: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
 
 def cka_matrix(xs: Layers, ys: Optional[Layers] = None, kernel: str = "linear",
                debiased: bool = False, *, rbf_threshold: float = 0.5, rbf_sigma2=None,
-               dtype: torch.dtype = torch.float32, batched: Optional[bool] = None) -> torch.Tensor:
+               dtype: Optional[torch.dtype] = None, batched: Optional[bool] = None) -> torch.Tensor:
     """``len(xs) x len(ys)`` CKA matrix (``ys=None``: the symmetric ``xs`` x ``xs`` matrix).
 
     Differentiable w.r.t. every input that requires grad. ``rbf_sigma2`` (RBF only): a fixed
     squared bandwidth (scalar, or one per layer; same value used for ``ys``) instead of the
     detached median heuristic. ``batched``: see :func:`normalized_grams`.
     """
+    dtype = _compute_dtype(_as_list(xs) + ([] if ys is None else _as_list(ys)), dtype)
     kw = dict(rbf_threshold=rbf_threshold, rbf_sigma2=rbf_sigma2, dtype=dtype, batched=batched)
     S = normalized_grams(xs, kernel, debiased, **kw)
     T = S if ys is None else normalized_grams(ys, kernel, debiased, **kw)
@@ -372,13 +412,14 @@ def _hsic_normaliser(n: int, debiased: bool) -> float:
 
 def hsic_terms(xs: Layers, ys: Optional[Layers] = None, kernel: str = "linear",
                debiased: bool = False, *, rbf_threshold: float = 0.5, rbf_sigma2=None,
-               dtype: torch.dtype = torch.float32):
+               dtype: Optional[torch.dtype] = None):
     """HSIC estimates of one batch in raw feature units, as float64 (not differentiable).
 
     Returns ``(cross, self_x, self_y)``: ``cross[i, j] = HSIC(x_i, y_j)`` (``ys=None``: x vs x),
     ``self_x[i] = HSIC(x_i, x_i)``, ``self_y[j] = HSIC(y_j, y_j)``. Biased: ``tr(KHLH)/(n-1)^2``;
     debiased: the unbiased estimator of Song et al. (``<U(K), U(L)> / (n(n-3))``).
     """
+    dtype = _compute_dtype(_as_list(xs) + ([] if ys is None else _as_list(ys)), dtype)
     kw = dict(rbf_threshold=rbf_threshold, rbf_sigma2=rbf_sigma2, dtype=dtype)
     with torch.no_grad():
         Kx, sx = _prepared_grams(xs, kernel, debiased, **kw)
@@ -421,7 +462,7 @@ class CKAAccumulator:
 
     def __init__(self, kernel: str = "linear", debiased: bool = False, *,
                  rbf_threshold: float = 0.5, rbf_sigma2=None,
-                 dtype: torch.dtype = torch.float32, keep_per_batch: bool = False):
+                 dtype: Optional[torch.dtype] = None, keep_per_batch: bool = False):
         if kernel not in KERNELS:
             raise ValueError(f"unknown CKA kernel {kernel!r}; valid: {', '.join(KERNELS)}")
         self.kernel = kernel

@@ -10,6 +10,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,25 @@ class StepOptions:
         if not self.amp:
             return contextlib.nullcontext()
         return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates
+    bf16 and an autocast forward can be an order of magnitude slower than float32."""
+    checks = [getattr(torch.cpu, name, None) for name in ('_is_avx512_bf16_supported', '_is_amx_tile_supported')]
+    return any(check() for check in checks if check is not None)
+
+
+def amp_cpu_note(amp: bool, device, native_bf16: Optional[bool] = None) -> Optional[str]:
+    """The one line printed at start when --amp would run bf16 on a CPU without native support
+    (None otherwise). `native_bf16`: the CPU's answer, asked when not given."""
+    if not amp or torch.device(device).type != 'cpu':
+        return None
+    if cpu_has_native_bf16() if native_bf16 is None else native_bf16:
+        return None
+    return (f'note: --amp on a CPU without native bf16 (torch CPU capability '
+            f'{torch.backends.cpu.get_cpu_capability()}, no AVX512-BF16 or AMX): bf16 is emulated here '
+            f'and can be many times slower than float32; drop --amp on this machine')
 
 
 class CrossEntropyObjective:

@@ -19,7 +19,8 @@ from helper import family_files
 from helper import options as options_mod
 from helper import teacher_groups
 from helper.checkpoint import freeze, load_checkpoint, load_teacher, save_atomic
-from helper.loops import CrossEntropyObjective, DistillObjective, StepOptions, train_epoch, validate
+from helper.loops import (CrossEntropyObjective, DistillObjective, StepOptions, amp_cpu_note, train_epoch,
+                          validate)
 from helper.monitor import build_monitor, monitor_wanted
 from helper.run_folder import LAST_CKPT, RunFolder
 from runtime import collectives
@@ -290,6 +291,9 @@ def _prepare(opt):
     if opt.dali is not None:
         raise ConfigError('--dali is not supported; drop it (the default loader is used)')
     device = collectives.device() if collectives.is_distributed() else select_device(opt.device)
+    note = amp_cpu_note(getattr(opt, 'amp', False), device)
+    if note and collectives.is_main():
+        print(note)
     if collectives.world_size() > 1:  # before any other collective: a mismatch could hang them
         collectives.check_consistent(_option_values(opt))
     torch.manual_seed(opt.seed)

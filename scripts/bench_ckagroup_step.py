@@ -1,19 +1,38 @@
-"""Step time of --distill ckagroup against --distill kd, measured in one run.
+"""Cost of --distill ckagroup against --distill kd: step time, peak memory, teacher depth,
+teacher-group precompute. Every figure is measured in this one run and printed with the machine.
 
-    python scripts/bench_ckagroup_step.py [--teacher resnet32x4 --student resnet8x4 --batch_size 64
-                                           --device cpu --repeats 10]
+    python scripts/bench_ckagroup_step.py                       # everything (--json FILE: also as JSON)
+    python scripts/bench_ckagroup_step.py --parts step --runs 1 --repeats 10
+    python scripts/bench_ckagroup_step.py --device cuda --compile reduce-overhead --json out.json
 
-Both steps are the real training step of train_student.py (DistillObjective: teacher forward under
-no_grad, student forward, CE + KD (+ the CKA-group term on block taps), backward, SGD step), on the
-same random batch, timed alternately so that machine noise hits both alike. Prints a table and a
-final ratio line (median ckagroup step / median kd step). Targets: <= 1.10 on CPU, <= 1.25 on an
-H100/H200 at batch 64. The models are untrained: in eval mode the teacher's deeper block outputs
-carry offsets (trace(K) / trace(HKH) up to 50) that send them through the shifted-Gram path of
-cka.estimators, which a trained teacher's (about 2) skip, so the ratio is on the pessimistic side.
+Parts (``--parts``, default all):
+
+* ``step``: the real training step of train_student.py (DistillObjective: teacher forward under
+  no_grad, student forward, CE + KD (+ the CKA-group term on block taps), backward, SGD step) on
+  one random batch, kd and ckagroup steps **interleaved** so that machine noise hits both alike;
+  ratio of medians, ``--runs`` times, on the classic path (float32) and the fast path (bf16
+  autocast + channels_last, the forward of ``--amp --channels_last``; ``--data_on_device`` only
+  changes the loader, not the step; ``--compile MODE`` adds torch.compile to the fast path).
+  Targets: ckagroup / kd <= 1.05 classic and <= 1.20 fast on CPU, <= 1.15 on a GPU.
+* ``memory``: peak memory of one step. CPU: peak RSS of a fresh subprocess that builds the models,
+  runs one warm-up step and then the measured step, its peak reset just before (Linux
+  ``clear_refs``), and the growth over the RSS at that point (what the step itself adds); CUDA: ``torch.cuda.max_memory_allocated``
+  over one step. Target: ckagroup <= 1.25 x kd.
+* ``depth``: classic-path ratio for teachers of 16, 28 and 55 block layers (resnet32x4, resnet56,
+  resnet110) with the ``--depth_student`` student, and a least-squares line through (teacher
+  layers, extra ms of ckagroup over kd): the growth per teacher layer.
+* ``precompute``: the teacher-group precompute of a run (minibatch CKA of resnet32x4's 16 block
+  layers over 10 batches of 64, then the grouping). Target: <= 15 s on 2 CPU cores.
+
+The models are untrained (speed does not depend on the weights). The load average before and after
+each part is printed beside it: on a shared machine, compare ratios, not milliseconds.
 """
 import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -24,31 +43,61 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import models  # noqa: E402
 from distiller_zoo import DistillContext, build_distiller  # noqa: E402
 from helper.checkpoint import freeze  # noqa: E402
-from helper.loops import DistillObjective, to_batch  # noqa: E402
+from helper.loops import DistillObjective, StepOptions, cpu_has_native_bf16  # noqa: E402
 from helper.options import parse_student_options  # noqa: E402
-from helper.teacher_groups import pair_teacher_groups  # noqa: E402
+from helper.teacher_groups import compute_teacher_groups, pair_teacher_groups  # noqa: E402
+from helper.train import prepare_model  # noqa: E402
+
+METHODS = ('kd', 'ckagroup')
+DEPTH_TEACHERS = ('resnet32x4', 'resnet56', 'resnet110')
 
 
-def make_step(method, teacher, args, device, images, targets):
+def machine(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return f'{torch.cuda.get_device_name(device)}, torch {torch.__version__}'
+    bf16 = 'native bf16' if cpu_has_native_bf16() else 'no native bf16'
+    return (f'CPU capability {torch.backends.cpu.get_cpu_capability()} ({bf16}), '
+            f'{torch.get_num_threads()} threads, torch {torch.__version__}')
+
+
+def load() -> str:
+    return '/'.join(f'{v:.1f}' for v in os.getloadavg())
+
+
+def build_step(method: str, teacher_name: str, student_name: str, batch_size: int, device: torch.device,
+               fast: bool, compile_mode=None):
+    """One training step of `method` as train_student.py runs it; returns a callable."""
     torch.manual_seed(0)
-    student = models.build_model(args.student, num_classes=100).to(device)
-    opt = parse_student_options(['--distill', method, '--batch_size', str(args.batch_size),
-                                 '--cka_batches', '2', '-b', '1'])
+    teacher = models.build_model(teacher_name, num_classes=100).to(device)
+    freeze(teacher)
+    student = models.build_model(student_name, num_classes=100).to(device)
+    images = torch.randn(batch_size, 3, 32, 32, device=device)
+    targets = torch.randint(0, 100, (batch_size,), device=device)
+    argv = ['--distill', method, '--batch_size', str(batch_size), '--cka_batches', '2', '-b', '1']
+    if fast:
+        argv += ['--amp', '--channels_last']
+    opt = parse_student_options(argv)
+    opt.compile = compile_mode if fast else None
     groups_data = torch.utils.data.TensorDataset(images.cpu(), targets.cpu())
     input_shape = tuple(images.shape[1:])
-    groups = pair_teacher_groups(opt, student, teacher, args.teacher, input_shape, lambda: groups_data, device)
-    ctx = DistillContext(student=student, teacher=teacher, student_name=args.student,
-                         teacher_name=args.teacher, num_classes=100, input_shape=input_shape,
-                         num_train_samples=len(images), device=device, opt=opt, groups=groups)
+    groups = pair_teacher_groups(opt, student, teacher, teacher_name, input_shape, lambda: groups_data, device)
+    ctx = DistillContext(student=student, teacher=teacher, student_name=student_name,
+                         teacher_name=teacher_name, num_classes=100, input_shape=input_shape,
+                         num_train_samples=batch_size, device=device, opt=opt, groups=groups)
     distiller = build_distiller(method, ctx).to(device)
+    prepare_model(student, opt)
+    prepare_model(teacher, opt)
+    options = StepOptions.from_opt(opt)
     objective = DistillObjective(student, teacher, distiller, opt)
     optimizer = torch.optim.SGD(list(student.parameters()) + list(distiller.parameters()), lr=0.01,
                                 momentum=0.9)
-    batch = to_batch((images, targets), device)
+    batch = options.batch((images, targets), device)
     objective.train()
 
     def step():
-        loss, _, _ = objective(batch)
+        options.begin_step()
+        with options.autocast(device):
+            loss, _, _ = objective(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -58,38 +107,186 @@ def make_step(method, teacher, args, device, images, targets):
     return step
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--teacher', default='resnet32x4')
-    parser.add_argument('--student', default='resnet8x4')
-    parser.add_argument('--batch_size', type=int, default=64)
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--repeats', type=int, default=10)
-    parser.add_argument('--warmup', type=int, default=3)
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    teacher = models.build_model(args.teacher, num_classes=100).to(device)
-    freeze(teacher)
-    images = torch.randn(args.batch_size, 3, 32, 32, device=device)
-    targets = torch.randint(0, 100, (args.batch_size,), device=device)
-    steps = {method: make_step(method, teacher, args, device, images, targets) for method in ('kd', 'ckagroup')}
+def interleaved(steps: dict, repeats: int, warmup: int) -> dict:
     for step in steps.values():
-        for _ in range(args.warmup):
+        for _ in range(warmup):
             step()
     times = {method: [] for method in steps}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for method, step in steps.items():
             start = time.perf_counter()
             step()
             times[method].append(time.perf_counter() - start)
-    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
-    print(f'{args.teacher} -> {args.student}, batch {args.batch_size}, {name}, torch {torch.__version__}')
-    print(f'{"method":10s} {"median ms":>10s} {"min ms":>10s}')
-    for method, values in times.items():
-        print(f'{method:10s} {1000 * statistics.median(values):10.1f} {1000 * min(values):10.1f}')
-    ratio = statistics.median(times['ckagroup']) / statistics.median(times['kd'])
-    print(f'ratio ckagroup/kd step time: {ratio:.3f}')
+    return times
+
+
+def step_figures(times: dict) -> dict:
+    out = {m: {'median_ms': 1000 * statistics.median(t), 'min_ms': 1000 * min(t), 'steps': len(t)}
+           for m, t in times.items()}
+    out['ratio'] = out['ckagroup']['median_ms'] / out['kd']['median_ms']
+    return out
+
+
+def part_step(args, device, where) -> dict:
+    results = {}
+    for path in ('classic', 'fast'):
+        fast = path == 'fast'
+        label = path + (f' + compile {args.compile}' if fast and args.compile else '')
+        steps = {m: build_step(m, args.teacher, args.student, args.batch_size, device, fast, args.compile)
+                 for m in METHODS}
+        runs = []
+        for run in range(args.runs):
+            before = load()
+            fig = step_figures(interleaved(steps, args.repeats, args.warmup if run == 0 else 1))
+            fig['load'] = f'{before} -> {load()}'
+            runs.append(fig)
+            print(f'step {label:28s} run {run + 1}: kd {fig["kd"]["median_ms"]:8.1f} ms, ckagroup '
+                  f'{fig["ckagroup"]["median_ms"]:8.1f} ms (medians of {args.repeats}; minima '
+                  f'{fig["kd"]["min_ms"]:.1f} / {fig["ckagroup"]["min_ms"]:.1f}), ratio {fig["ratio"]:.3f} '
+                  f'[{where}; load {fig["load"]}]', flush=True)
+        results[label] = runs
+        del steps
+    return results
+
+
+def child_memory(args) -> None:
+    """--_memory_child: build one step, run it once, print this process's peak figures as JSON."""
+    device = torch.device(args.device)
+    step = build_step(args._memory_child, args.teacher, args.student, args.batch_size, device,
+                      args._fast, args.compile)
+    if device.type == 'cuda':
+        step()  # warm-up (allocator, cuDNN), then the measured step alone
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        peak = torch.cuda.max_memory_allocated(device)
+        print(json.dumps({'peak_mb': peak / 2 ** 20, 'step_mb': (peak - base) / 2 ** 20}))
+        return
+    step()  # warm-up: optimiser state and allocator pools exist before the measured step
+    # reset the peak RSS (Linux: "5" > clear_refs) so that building the models and the teacher
+    # groups do not count; where that is not possible, the process's lifetime peak is reported
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:
+        pass
+    base = _status_kb('VmRSS')
+    step()
+    peak = _status_kb('VmHWM') or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({'peak_mb': peak / 1024, 'step_mb': (peak - base) / 1024}))
+
+
+def _status_kb(field: str) -> int:
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def part_memory(args, device, where) -> dict:
+    results = {}
+    for path in ('classic', 'fast'):
+        figures = {}
+        for method in METHODS:
+            cmd = [sys.executable, os.path.abspath(__file__), '--_memory_child', method, '--device', args.device,
+                   '--teacher', args.teacher, '--student', args.student, '--batch_size', str(args.batch_size)]
+            if path == 'fast':
+                cmd.append('--_fast')
+                if args.compile:
+                    cmd += ['--compile', args.compile]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            figures[method] = json.loads(out.strip().splitlines()[-1])
+        figures['peak_ratio'] = figures['ckagroup']['peak_mb'] / figures['kd']['peak_mb']
+        figures['step_ratio'] = figures['ckagroup']['step_mb'] / max(figures['kd']['step_mb'], 1e-9)
+        what = 'max_memory_allocated' if device.type == 'cuda' else 'peak RSS'
+        print(f'memory {path:8s}: {what} kd {figures["kd"]["peak_mb"]:.0f} MB, ckagroup '
+              f'{figures["ckagroup"]["peak_mb"]:.0f} MB, ratio {figures["peak_ratio"]:.3f}; added by the step '
+              f'kd {figures["kd"]["step_mb"]:.0f} MB, ckagroup {figures["ckagroup"]["step_mb"]:.0f} MB, ratio '
+              f'{figures["step_ratio"]:.3f} [{where}]', flush=True)
+        results[path] = figures
+    return results
+
+
+def part_depth(args, device, where) -> dict:
+    rows = []
+    for teacher in DEPTH_TEACHERS:
+        layers = len(models.build_model(teacher, num_classes=100).block_layer_names())
+        steps = {m: build_step(m, teacher, args.depth_student, args.batch_size, device, False) for m in METHODS}
+        before = load()
+        fig = step_figures(interleaved(steps, args.repeats, args.warmup))
+        extra = fig['ckagroup']['median_ms'] - fig['kd']['median_ms']
+        rows.append({'teacher': teacher, 'layers': layers, 'kd_ms': fig['kd']['median_ms'],
+                     'ckagroup_ms': fig['ckagroup']['median_ms'], 'extra_ms': extra, 'ratio': fig['ratio'],
+                     'load': f'{before} -> {load()}'})
+        print(f'depth {teacher:10s} ({layers:2d} block layers) -> {args.depth_student}: kd '
+              f'{fig["kd"]["median_ms"]:.1f} ms, ckagroup {fig["ckagroup"]["median_ms"]:.1f} ms, ratio '
+              f'{fig["ratio"]:.3f} [{where}; load {rows[-1]["load"]}]', flush=True)
+        del steps
+    xs = [r['layers'] for r in rows]
+    mx = statistics.mean(xs)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = lambda ys: sum((x - mx) * (y - statistics.mean(ys)) for x, y in zip(xs, ys)) / sxx
+    fit = {'extra_ms_per_layer': slope([r['extra_ms'] for r in rows]),
+           'ratio_per_layer': slope([r['ratio'] for r in rows])}
+    print(f'depth fit: ckagroup costs {fit["extra_ms_per_layer"]:.2f} ms more per teacher block layer '
+          f'(ratio +{fit["ratio_per_layer"]:.4f} per layer) [{where}]', flush=True)
+    return {'rows': rows, 'fit': fit}
+
+
+def part_precompute(args, device, where) -> dict:
+    torch.manual_seed(0)
+    teacher = models.build_model('resnet32x4', num_classes=100).to(device)
+    freeze(teacher)
+    data = torch.utils.data.TensorDataset(torch.randn(10 * 64, 3, 32, 32), torch.zeros(10 * 64, dtype=torch.long))
+    layers = models.layer_names(teacher, 'blocks', (3, 32, 32))
+    before = load()
+    start = time.perf_counter()
+    record = compute_teacher_groups(teacher, 'blocks', layers, data, 4, 10, 64, 'linear', True, 0, device)
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    print(f'precompute: teacher groups of resnet32x4 ({len(layers)} block layers) from 10 batches of 64 in '
+          f'{seconds:.1f} s (groups {record["groups"]}) [{where}; load {before} -> {load()}]', flush=True)
+    return {'seconds': seconds, 'layers': len(layers), 'batches': 10, 'batch_size': 64}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--teacher', default='resnet32x4')
+    parser.add_argument('--student', default='resnet8x4')
+    parser.add_argument('--depth_student', default='resnet8')
+    parser.add_argument('--batch_size', type=int, default=64)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--repeats', type=int, default=10, help='interleaved steps per method and run')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--runs', type=int, default=2, help='step-time runs per path')
+    parser.add_argument('--compile', default=None, help='torch.compile mode for the fast path (e.g. reduce-overhead)')
+    parser.add_argument('--parts', nargs='+', default=['step', 'memory', 'depth', 'precompute'],
+                        choices=['step', 'memory', 'depth', 'precompute'])
+    parser.add_argument('--json', default=None, help='also write every figure to this JSON file')
+    parser.add_argument('--_memory_child', default=None, help=argparse.SUPPRESS)
+    parser.add_argument('--_fast', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._memory_child:
+        return child_memory(args)
+    device = torch.device(args.device)
+    where = machine(device)
+    print(f'{args.teacher} -> {args.student}, batch {args.batch_size}, block taps; {where}', flush=True)
+    started = time.perf_counter()
+    parts = {'step': part_step, 'memory': part_memory, 'depth': part_depth, 'precompute': part_precompute}
+    results = {'machine': where, 'teacher': args.teacher, 'student': args.student,
+               'batch_size': args.batch_size, 'compile': args.compile}
+    for name in args.parts:
+        results[name] = parts[name](args, device, where)
+    results['seconds'] = time.perf_counter() - started
+    print(f'done in {results["seconds"]:.0f} s', flush=True)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == '__main__':

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models  # noqa: E402
 from dataset import build_datasets  # noqa: E402
+from helper.loops import cpu_has_native_bf16  # noqa: E402
 from helper.train import run_student  # noqa: E402
 
 
@@ -75,6 +76,7 @@ def main():
                         help='the fast options as one string (default: --data_on_device --amp '
                              '--channels_last, plus --compile reduce-overhead on CUDA)')
     parser.add_argument('--out', default=None, help='keep the run folders here (default: a temporary folder)')
+    parser.add_argument('--json', default=None, help='also write every figure to this JSON file')
     args = parser.parse_args()
     fast = (args.fast_args.split() if args.fast_args is not None else
             ['--data_on_device', '--amp', '--channels_last']
@@ -88,16 +90,28 @@ def main():
     finally:
         if args.out is None:
             shutil.rmtree(save, ignore_errors=True)
-    device = torch.cuda.get_device_name() if args.device.startswith('cuda') else \
-        f'CPU, {torch.get_num_threads()} threads, {args.num_workers} loader workers'
+    if args.device.startswith('cuda'):
+        device = torch.cuda.get_device_name()
+    else:
+        bf16 = 'native bf16' if cpu_has_native_bf16() else 'no native bf16: --amp is emulated'
+        device = (f'CPU capability {torch.backends.cpu.get_cpu_capability()} ({bf16}), '
+                  f'{torch.get_num_threads()} threads, {args.num_workers} loader workers')
     print(f'\n{args.teacher} -> {args.student}, {args.dataset}, batch {args.batch_size}, {device}, '
           f'torch {torch.__version__}; fast = {" ".join(fast)}')
-    print(f'{"method":10s} {"path":8s} {"images/s":>10s} {"epoch s":>9s} {"top-1":>7s}')
+    print(f'{"method":10s} {"path":8s} {"images/s":>10s} {"epoch s":>9s} {"top-1":>7s}  machine')
     for (method, label), r in results.items():
-        print(f'{method:10s} {label:8s} {r["images_per_s"]:10.0f} {r["epoch_s"]:9.1f} {r["top1"]:7.2f}')
-    ratios = [f'{m} {results[(m, "fast")]["images_per_s"] / results[(m, "classic")]["images_per_s"]:.2f}x'
-              for m in args.methods]
-    print('fast/classic images per second: ' + ', '.join(ratios))
+        print(f'{method:10s} {label:8s} {r["images_per_s"]:10.0f} {r["epoch_s"]:9.1f} {r["top1"]:7.2f}  {device}')
+    ratios = {m: results[(m, 'fast')]['images_per_s'] / results[(m, 'classic')]['images_per_s']
+              for m in args.methods}
+    print('fast/classic images per second: ' + ', '.join(f'{m} {r:.2f}x' for m, r in ratios.items())
+          + f' [{device}]')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'machine': device, 'torch': torch.__version__, 'teacher': args.teacher,
+                       'student': args.student, 'dataset': args.dataset, 'batch_size': args.batch_size,
+                       'fast_args': fast, 'runs': [{'method': m, 'path': label, **r}
+                                                   for (m, label), r in results.items()],
+                       'fast_over_classic': ratios}, f, indent=1)
 
 
 if __name__ == '__main__':

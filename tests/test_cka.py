@@ -105,13 +105,13 @@ def test_matches_numpy_reference(kernel, debiased, batched):
 def test_normalized_grams_factorisation(kernel, debiased):
     """S @ T.T of the unit-norm flattened centred Grams is the CKA matrix of the numpy reference."""
     xs, ys = _layers()
-    S = normalized_grams(xs, kernel, debiased, dtype=torch.float64)
-    T = normalized_grams(ys, kernel, debiased, dtype=torch.float64)
-    assert S.shape == (3, 24 * 24) and T.shape == (2, 24 * 24)
+    S = normalized_grams(xs, kernel, debiased)  # float64 inputs stay float64
+    T = normalized_grams(ys, kernel, debiased)
+    assert S.shape == (3, 24 * 24) and T.shape == (2, 24 * 24) and S.dtype == T.dtype == torch.float64
     torch.testing.assert_close(S.norm(dim=1), torch.ones(3, dtype=torch.float64))
     ref = ref_matrix(_np(xs), _np(ys), kernel, debiased)
     np.testing.assert_allclose(cka_from_grams(S, T).numpy(), ref, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(float(cka(xs[0], ys[1], kernel, debiased, dtype=torch.float64)), ref[0, 1],
+    np.testing.assert_allclose(float(cka(xs[0], ys[1], kernel, debiased)), ref[0, 1],
                                rtol=1e-10)
 
 
@@ -276,6 +276,44 @@ def test_gradcheck_linear(debiased, batched, offset):
     fn = lambda a, b, c, d: cka_matrix([a, b, c], [d, b], "linear", debiased, dtype=torch.float64,
                                        batched=batched)
     assert torch.autograd.gradcheck(fn, (x1, x2, x3, y))
+
+
+@pytest.mark.parametrize("chunk", [None, 2])   # default Gram product, and the CPU column-chunked one
+@pytest.mark.parametrize("kernel,debiased", ESTIMATORS)
+def test_gradcheck_float64_kept_by_default(monkeypatch, kernel, debiased, chunk):
+    """float64 inputs without a dtype argument are computed in float64 (a float32 downcast would
+    fail gradcheck's tolerances), for every kernel and estimator, and match the numpy reference."""
+    import cka.estimators as cka_module
+    if chunk is not None:   # exercise the chunked product on gradcheck-sized layers
+        monkeypatch.setattr(cka_module, "_GRAM_CHUNK", chunk)
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(7, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(7, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = ref_matrix(_np([x, y]), _np([x, y]), kernel, debiased)
+    got = cka_matrix([x, y], None, kernel, debiased)
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.detach().numpy(), ref, rtol=1e-10, atol=1e-12)
+    # RBF: the bandwidth is detached, so gradcheck runs with it fixed at the reference's value
+    s2 = [ref_rbf_sigma2(t.detach().numpy()) for t in (x, y)] if kernel == "rbf" else None
+    fn = lambda a, b: cka_matrix([a, b], None, kernel, debiased, rbf_sigma2=s2)
+    assert torch.autograd.gradcheck(fn, (x, y))
+
+
+def test_chunked_cpu_gram_matches_float64():
+    """The CPU Gram of a wide layer (summed over column chunks) is as close to the float64 Gram
+    as float32 allows, and the CKA built on it matches float64 to the float32 tolerance."""
+    import cka.estimators as cka_module
+    g = torch.Generator().manual_seed(14)
+    x = torch.relu(torch.randn(64, 3 * 4096 + 2048, generator=g, dtype=torch.float64))
+    exact = x @ x.T
+    got = cka_module._gram_product(x.float())
+    assert got.shape == (64, 64)
+    np.testing.assert_allclose(got.double().numpy(), exact.numpy(), rtol=2e-6)
+    y = x[:, :500] + torch.randn(64, 500, generator=g, dtype=torch.float64)
+    for debiased in (False, True):
+        ref = cka_matrix([x], [y], "linear", debiased)
+        got = cka_matrix([x.float()], [y.float()], "linear", debiased)
+        np.testing.assert_allclose(got.double().numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1e30])

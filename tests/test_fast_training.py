@@ -79,3 +79,30 @@ def test_fast_path_on_cuda_with_cuda_graphs(fast_teacher, tmp_path):
     summary = _student(fast_teacher, tmp_path, FAST + ['--device', 'cuda', '--compile', 'reduce-overhead',
                                                        '--epochs', '2'])
     assert summary['epochs'] == 2 and 0 <= summary['last_top1'] <= 100
+
+
+@pytest.mark.parametrize('amp,device,native,says', [
+    (True, 'cpu', False, True),     # emulated bf16: the trap the note is for
+    (True, 'cpu', True, False),     # AVX512-BF16 / AMX: nothing to say
+    (False, 'cpu', False, False),   # no --amp
+    (True, 'cuda', False, False),   # a GPU: the CPU's bf16 support does not matter
+])
+def test_amp_note_only_for_cpus_without_native_bf16(amp, device, native, says):
+    from helper.loops import amp_cpu_note
+    note = amp_cpu_note(amp, device, native_bf16=native)
+    assert (note is not None) == says
+    if says:
+        assert '\n' not in note and torch.backends.cpu.get_cpu_capability() in note and 'drop --amp' in note
+
+
+def test_amp_note_printed_once_at_start(monkeypatch, tmp_path, capsys):
+    """A CPU reported without native bf16 (this one has it: the check is injected) gets the one-line
+    note before training, which then runs as asked."""
+    import helper.loops
+    monkeypatch.setattr(helper.loops, 'cpu_has_native_bf16', lambda: False)
+    summary = run_teacher(TINY + FAST + ['--model', 'resnet8', '--epochs', '1', '--save_dir', str(tmp_path),
+                                         '--train_per_class', '4', '--val_per_class', '4'])
+    out = capsys.readouterr().out
+    assert out.count('--amp on a CPU without native bf16') == 1
+    assert out.index('--amp on a CPU without native bf16') < out.index('training resnet8')
+    assert summary['epochs'] == 1

@@ -1,0 +1,43 @@
+"""scripts/gpu_check.sh: its no-GPU branch, and its report built from what the benchmarks write."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_without_gpu_one_line_and_exit_0(tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', PYTHON=sys.executable)
+    out = tmp_path / 'results'
+    done = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'gpu_check.sh'), str(out)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and 'no CUDA GPU' in lines[0]
+    assert not out.exists()   # nothing written
+
+
+def test_report_tables_hold_the_benchmark_figures(tmp_path):
+    """The step benchmark's JSON (a tiny CPU run) goes into gpu_check.json and gpu_check.md as is."""
+    bench = [sys.executable, os.path.join(ROOT, 'scripts', 'bench_ckagroup_step.py'), '--device', 'cpu',
+             '--teacher', 'resnet8', '--student', 'resnet8', '--batch_size', '8', '--repeats', '2',
+             '--warmup', '1', '--runs', '1', '--parts', 'step', '--json', str(tmp_path / 'step_memory.json')]
+    subprocess.run(bench, check=True, capture_output=True, timeout=300)
+    (tmp_path / 'stages.tsv').write_text('cuda_tests\t0\t12\nstep_memory\t0\t30\nfast_epoch\t124\t110\n')
+    subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'gpu_check_report.py'), str(tmp_path)],
+                   check=True, capture_output=True, timeout=120)
+    bench_figures = json.loads((tmp_path / 'step_memory.json').read_text())
+    report = json.loads((tmp_path / 'gpu_check.json').read_text())
+    assert report['step_memory'] == bench_figures and report['fast_epoch'] is None
+    assert [s['exit'] for s in report['stages']] == ['0', '0', '124']
+    md = (tmp_path / 'gpu_check.md').read_text()
+    assert '| fast_epoch | 124 | 110 |' in md
+    for path in ('classic', 'fast'):
+        run = bench_figures['step'][path][0]
+        assert run['ratio'] == pytest.approx(run['ckagroup']['median_ms'] / run['kd']['median_ms'])
+        assert f'| {path} | 1 | {run["kd"]["median_ms"]:.2f} | {run["ckagroup"]["median_ms"]:.2f} | ' \
+               f'{run["ratio"]:.3f} |' in md
+    assert bench_figures['machine'] in md   # the machine beside the figures
