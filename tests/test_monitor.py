@@ -127,7 +127,8 @@ def test_figure_script_draws_both_runs(two_runs, tmp_path):
     assert Image.open(out).format == 'PNG'
     # what the script draws, from the same run folders
     runs = [module.load_run(str(two_runs[m]), 'monitor') for m in ('kd', 'ckagroup')]
-    assert [r['label'] for r in runs] == ['kd (b=0.0, seed 0)', 'ckagroup (b=5.0, seed 0)']
+    # seed 1: the default --trial '1' sets it
+    assert [r['label'] for r in runs] == ['kd (b=0.0, seed 1)', 'ckagroup (b=5.0, seed 1)']
     fig = module.runs_figure(runs)
     matrices = [ax for ax in fig.axes if ax.images]
     assert [[t.get_text() for t in ax.get_yticklabels()] for ax in matrices] == [
