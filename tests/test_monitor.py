@@ -121,7 +121,7 @@ def test_figure_script_draws_both_runs(two_runs, tmp_path):
     assert Image.open(out).format == 'PNG'
     # what the script draws, from the same run folders
     runs = [module.load_run(str(two_runs[m]), 'monitor') for m in ('kd', 'ckagroup')]
-    # both runs are --trial 1, whose seed is 1 (a trial of digits is that number: helper.options.seed_of_trial)
+    # seed 1: the default --trial '1' sets it
     assert [r['label'] for r in runs] == ['kd (b=0.0, seed 1)', 'ckagroup (b=5.0, seed 1)']
     fig = module.runs_figure(runs)
     matrices = [ax for ax in fig.axes if ax.images]
