@@ -24,8 +24,15 @@ Parts (``--parts``, default all):
 * ``precompute``: the teacher-group precompute of a run (minibatch CKA of resnet32x4's 16 block
   layers over 10 batches of 64, then the grouping). Target: <= 15 s on 2 CPU cores.
 
-The models are untrained (speed does not depend on the weights). The load average before and after
-each part is printed beside it: on a shared machine, compare ratios, not milliseconds.
+The models are untrained (speed does not depend on the weights), but one thing of a trained
+teacher matters: its BatchNorm statistics track its data. With the initial statistics (mean 0,
+variance 1) the post-ReLU block outputs of an untrained eval-mode teacher carry offsets up to 50x
+their spread (resnet32x4; resnet56 up to 240x), which sends those layers' Grams through the
+shifted (second-product) path that a trained teacher's layers do not take. So by default
+(``--teacher_bn data``) the teacher's statistics are first set from the benchmark's own batches
+(forward passes in train mode under no_grad); ``--teacher_bn init`` keeps the initial ones.
+The load average before and after each part is printed beside it: on a shared machine, compare
+ratios, not milliseconds.
 """
 import argparse
 import json
@@ -64,14 +71,30 @@ def load() -> str:
     return '/'.join(f'{v:.1f}' for v in os.getloadavg())
 
 
+@torch.no_grad()
+def set_bn_statistics(model: torch.nn.Module, images: torch.Tensor, passes: int = 5) -> None:
+    """BatchNorm running statistics from `images`, as a trained model's track its data."""
+    model.train()
+    for _ in range(passes):
+        model(images)
+    model.eval()
+
+
+def build_teacher(name: str, images: torch.Tensor, teacher_bn: str) -> torch.nn.Module:
+    teacher = models.build_model(name, num_classes=100).to(images.device)
+    if teacher_bn == 'data':
+        set_bn_statistics(teacher, images)
+    freeze(teacher)
+    return teacher
+
+
 def build_step(method: str, teacher_name: str, student_name: str, batch_size: int, device: torch.device,
-               fast: bool, compile_mode=None):
+               fast: bool, compile_mode=None, teacher_bn: str = 'data'):
     """One training step of `method` as train_student.py runs it; returns a callable."""
     torch.manual_seed(0)
-    teacher = models.build_model(teacher_name, num_classes=100).to(device)
-    freeze(teacher)
-    student = models.build_model(student_name, num_classes=100).to(device)
     images = torch.randn(batch_size, 3, 32, 32, device=device)
+    teacher = build_teacher(teacher_name, images, teacher_bn)
+    student = models.build_model(student_name, num_classes=100).to(device)
     targets = torch.randint(0, 100, (batch_size,), device=device)
     argv = ['--distill', method, '--batch_size', str(batch_size), '--cka_batches', '2', '-b', '1']
     if fast:
@@ -132,7 +155,8 @@ def part_step(args, device, where) -> dict:
     for path in ('classic', 'fast'):
         fast = path == 'fast'
         label = path + (f' + compile {args.compile}' if fast and args.compile else '')
-        steps = {m: build_step(m, args.teacher, args.student, args.batch_size, device, fast, args.compile)
+        steps = {m: build_step(m, args.teacher, args.student, args.batch_size, device, fast, args.compile,
+                            args.teacher_bn)
                  for m in METHODS}
         runs = []
         for run in range(args.runs):
@@ -153,7 +177,7 @@ def child_memory(args) -> None:
     """--_memory_child: build one step, run it once, print this process's peak figures as JSON."""
     device = torch.device(args.device)
     step = build_step(args._memory_child, args.teacher, args.student, args.batch_size, device,
-                      args._fast, args.compile)
+                      args._fast, args.compile, args.teacher_bn)
     if device.type == 'cuda':
         step()  # warm-up (allocator, cuDNN), then the measured step alone
         torch.cuda.reset_peak_memory_stats(device)
@@ -193,7 +217,8 @@ def part_memory(args, device, where) -> dict:
         figures = {}
         for method in METHODS:
             cmd = [sys.executable, os.path.abspath(__file__), '--_memory_child', method, '--device', args.device,
-                   '--teacher', args.teacher, '--student', args.student, '--batch_size', str(args.batch_size)]
+                   '--teacher', args.teacher, '--student', args.student, '--batch_size', str(args.batch_size),
+                   '--teacher_bn', args.teacher_bn]
             if path == 'fast':
                 cmd.append('--_fast')
                 if args.compile:
@@ -215,7 +240,8 @@ def part_depth(args, device, where) -> dict:
     rows = []
     for teacher in DEPTH_TEACHERS:
         layers = len(models.build_model(teacher, num_classes=100).block_layer_names())
-        steps = {m: build_step(m, teacher, args.depth_student, args.batch_size, device, False) for m in METHODS}
+        steps = {m: build_step(m, teacher, args.depth_student, args.batch_size, device, False,
+                                teacher_bn=args.teacher_bn) for m in METHODS}
         before = load()
         fig = step_figures(interleaved(steps, args.repeats, args.warmup))
         extra = fig['ckagroup']['median_ms'] - fig['kd']['median_ms']
@@ -239,9 +265,9 @@ def part_depth(args, device, where) -> dict:
 
 def part_precompute(args, device, where) -> dict:
     torch.manual_seed(0)
-    teacher = models.build_model('resnet32x4', num_classes=100).to(device)
-    freeze(teacher)
-    data = torch.utils.data.TensorDataset(torch.randn(10 * 64, 3, 32, 32), torch.zeros(10 * 64, dtype=torch.long))
+    images = torch.randn(10 * 64, 3, 32, 32)
+    teacher = build_teacher('resnet32x4', images[:64].to(device), args.teacher_bn)
+    data = torch.utils.data.TensorDataset(images, torch.zeros(10 * 64, dtype=torch.long))
     layers = models.layer_names(teacher, 'blocks', (3, 32, 32))
     before = load()
     start = time.perf_counter()
@@ -267,6 +293,9 @@ def main():
     parser.add_argument('--compile', default=None, help='torch.compile mode for the fast path (e.g. reduce-overhead)')
     parser.add_argument('--parts', nargs='+', default=['step', 'memory', 'depth', 'precompute'],
                         choices=['step', 'memory', 'depth', 'precompute'])
+    parser.add_argument('--teacher_bn', choices=['data', 'init'], default='data',
+                        help="teacher BatchNorm statistics: set from the benchmark's batches (as a trained "
+                             "teacher's track its data) or the initial ones")
     parser.add_argument('--json', default=None, help='also write every figure to this JSON file')
     parser.add_argument('--_memory_child', default=None, help=argparse.SUPPRESS)
     parser.add_argument('--_fast', action='store_true', help=argparse.SUPPRESS)
@@ -275,11 +304,12 @@ def main():
         return child_memory(args)
     device = torch.device(args.device)
     where = machine(device)
-    print(f'{args.teacher} -> {args.student}, batch {args.batch_size}, block taps; {where}', flush=True)
+    print(f'{args.teacher} -> {args.student}, batch {args.batch_size}, block taps, teacher BatchNorm statistics '
+          f'{args.teacher_bn}; {where}', flush=True)
     started = time.perf_counter()
     parts = {'step': part_step, 'memory': part_memory, 'depth': part_depth, 'precompute': part_precompute}
     results = {'machine': where, 'teacher': args.teacher, 'student': args.student,
-               'batch_size': args.batch_size, 'compile': args.compile}
+               'batch_size': args.batch_size, 'compile': args.compile, 'teacher_bn': args.teacher_bn}
     for name in args.parts:
         results[name] = parts[name](args, device, where)
     results['seconds'] = time.perf_counter() - started
