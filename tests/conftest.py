@@ -7,6 +7,7 @@ import os
 
 import torch
 
+import models
 from dataset import ContrastiveDataset
 from distiller_zoo import DistillContext, distiller_class
 from helper.options import parse_student_options
@@ -21,6 +22,21 @@ def tiny_argv(train_per_class: int, val_per_class: int, batch_size: int, print_f
     return ['--dataset', 'synthetic', '--train_per_class', str(train_per_class), '--val_per_class',
             str(val_per_class), '--batch_size', str(batch_size), '--num_workers', '0', '--device', 'cpu',
             '--print_freq', str(print_freq), '--learning_rate', str(learning_rate), *extra]
+
+
+def save_teacher(folder, arch: str, *, record_arch: bool = False, num_classes: int = 10):
+    """An untrained `arch` teacher (seed 0) saved as `folder/<arch>_vanilla/ckpt.pth`: in the older
+    repos' form `{'model': state_dict}` (the architecture read from the folder name), or with `arch`
+    and `num_classes` recorded as our checkpoints are. Returns (path, model)."""
+    torch.manual_seed(0)
+    model = models.build_model(arch, num_classes)
+    path = folder / f'{arch}_vanilla' / 'ckpt.pth'
+    path.parent.mkdir(parents=True)
+    state = {'model': model.state_dict()}
+    if record_arch:
+        state.update(arch=arch, num_classes=num_classes)
+    torch.save(state, path)
+    return path, model
 
 
 def student_options(*argv: str, **values):

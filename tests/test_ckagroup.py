@@ -1,7 +1,6 @@
 """--distill ckagroup: the loss against an independent float64 reference, training behaviour,
 end-to-end runs across model families, TensorBoard contents, and bad input."""
 import json
-import os
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 import models
-from conftest import ROOT, distill_context, student_options, tiny_argv
+from conftest import ROOT, distill_context, save_teacher, student_options, tiny_argv
 from distiller_zoo.base import Batch
 from distiller_zoo.ckagroup import CKAGroupDistiller, CKAGroupLoss
 from helper.checkpoint import freeze
@@ -94,12 +93,7 @@ def test_optimising_the_cka_term_raises_every_group_and_spares_the_teacher():
 
 
 def _save_teacher(tmp_path, arch):
-    torch.manual_seed(0)
-    model = models.build_model(arch, 10)
-    path = tmp_path / f'{arch}_vanilla' / 'ckpt.pth'
-    path.parent.mkdir(parents=True)
-    torch.save({'model': model.state_dict(), 'arch': arch, 'num_classes': 10}, path)
-    return path
+    return save_teacher(tmp_path, arch, record_arch=True)[0]
 
 
 @pytest.mark.parametrize('teacher, student', [('vgg8', 'MobileNetV2'), ('resnet8', 'ShuffleV2'),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-import models
+from conftest import save_teacher
 from dataset import build_datasets
 from models.taps import FeatureTap
 from helper.train import run_student
@@ -30,11 +30,7 @@ NUM_LAYERS = {('resnet14', 'blocks'): 7, ('resnet14', 'stages'): 4, ('resnet8', 
 
 @pytest.fixture(scope='module')
 def teacher(tmp_path_factory):
-    torch.manual_seed(0)
-    model = models.build_model(TEACHER, 10)
-    path = tmp_path_factory.mktemp('teacher') / f'{TEACHER}_vanilla' / 'ckpt.pth'
-    path.parent.mkdir()
-    torch.save({'model': model.state_dict()}, path)
+    path, model = save_teacher(tmp_path_factory.mktemp('teacher'), TEACHER)
     return path, model.eval()
 
 

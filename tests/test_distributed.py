@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, distill_context, tiny_argv
+from conftest import ROOT, distill_context, save_teacher, tiny_argv
 from crd.memory import ContrastMemory
 from helper import distributed
 from runtime import collectives
@@ -34,13 +34,7 @@ def _store(folder):
 
 @pytest.fixture(scope='module')
 def teacher_path(tmp_path_factory):
-    import models
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('teacher') / 'resnet8_vanilla' / 'ckpt.pth'
-    path.parent.mkdir()
-    torch.save({'model': models.build_model('resnet8', 10).state_dict(), 'arch': 'resnet8',
-                'num_classes': 10}, path)
-    return path
+    return save_teacher(tmp_path_factory.mktemp('teacher'), 'resnet8', record_arch=True)[0]
 
 
 def _run_dir(save):

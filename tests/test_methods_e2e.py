@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import models
-from conftest import distill_context, tiny_argv
+from conftest import distill_context, save_teacher, tiny_argv
 from distiller_zoo import build_distiller, distiller_names
 from helper import train as train_mod
 from helper.train import run_student
@@ -23,11 +23,7 @@ BETA = {'kd': 0, 'hint': 100, 'attention': 1000, 'similarity': 3000, 'vid': 1, '
 
 @pytest.fixture(scope='module')
 def teacher_path(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('teacher') / 'resnet8x4_vanilla' / 'ckpt.pth'
-    path.parent.mkdir()
-    torch.save({'model': models.build_model('resnet8x4', 10).state_dict()}, path)
-    return path
+    return save_teacher(tmp_path_factory.mktemp('teacher'), 'resnet8x4')[0]
 
 
 def test_every_method_is_registered():

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import models
-from conftest import ROOT, student_options, tiny_argv
+from conftest import ROOT, save_teacher, student_options, tiny_argv
 from helper.checkpoint import freeze
 from helper.monitor import build_monitor
 from helper.teacher_groups import pair_teacher_groups
@@ -27,10 +27,7 @@ TINY = tiny_argv(12, 5, 16, 5, 0.02, '--skip-validation', '--cka_batches', '2', 
 @pytest.fixture(scope='module')
 def two_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp('monitor')
-    torch.manual_seed(0)
-    path_t = root / 'resnet14_vanilla' / 'ckpt.pth'
-    path_t.parent.mkdir()
-    torch.save({'model': models.build_model('resnet14', 10).state_dict()}, path_t)
+    path_t, _ = save_teacher(root, 'resnet14')
     runs = {}
     for method, beta in (('kd', '0'), ('ckagroup', '5')):
         save = root / method
@@ -92,10 +89,7 @@ def test_monitor_matches_float64_reference():
 
 
 def test_monitor_can_be_switched_off(tmp_path):
-    torch.manual_seed(0)
-    path_t = tmp_path / 'resnet8_vanilla' / 'ckpt.pth'
-    path_t.parent.mkdir()
-    torch.save({'model': models.build_model('resnet8', 10).state_dict()}, path_t)
+    path_t, _ = save_teacher(tmp_path, 'resnet8')
     args = TINY + ['--path_t', str(path_t), '--distill', 'kd', '--epochs', '1', '--save_dir', str(tmp_path / 's'),
                    '--no-cka_monitor']
     run_student(args)

@@ -2,13 +2,13 @@
 command leaves the run folder byte for byte as it was (issue 15, items 1-6)."""
 import hashlib
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
 import models
+from conftest import save_teacher
 from dataset import build_datasets
 from distiller_zoo.ckagroup import CKAGroupLoss
 from helper.train import main, run_student
@@ -22,11 +22,7 @@ TINY = ['--dataset', 'synthetic', '--train_per_class', '3', '--val_per_class', '
 
 @pytest.fixture(scope='module')
 def path_t(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('teacher') / 'resnet14_vanilla' / 'ckpt.pth'
-    path.parent.mkdir()
-    torch.save({'model': models.build_model('resnet14', 10).state_dict()}, path)
-    return path
+    return save_teacher(tmp_path_factory.mktemp('teacher'), 'resnet14')[0]
 
 
 def folder_digest(folder) -> str:
