@@ -277,7 +277,7 @@ def train_epoch(epoch: int, loader, objective, optimizer, device, print_freq: in
 def validate(predict, loader, device, step_options: StepOptions = StepOptions()) -> dict:
     """Top-1 / top-5 (%) and cross-entropy of `predict(images) -> logits` over `loader`.
 
-    Distributed: each rank evaluates its shard (helper.collectives.ShardSampler: every sample on
+    Distributed: each rank evaluates its shard (runtime.collectives.ShardSampler: every sample on
     exactly one rank) and the sums and counts are added over ranks, so the result is that of one
     process evaluating the whole set.
     """
