@@ -14,6 +14,10 @@ Parts (``--parts``, default all):
   autocast + channels_last, the forward of ``--amp --channels_last``; ``--data_on_device`` only
   changes the loader, not the step; ``--compile MODE`` adds torch.compile to the fast path).
   Targets: ckagroup / kd <= 1.05 classic and <= 1.20 fast on CPU, <= 1.15 on a GPU.
+  Each run also times the **Gram products alone** (float32, as the CKA term computes them: one
+  n x n product per teacher and student layer, and the student's one-product backward) and prints
+  the floor ratio (kd + products) / kd: what ckagroup would cost were everything but these exact
+  products free. A target below the floor needs fewer or cheaper products, not a faster loss.
 * ``memory``: peak memory of one step. CPU: peak RSS of a fresh subprocess that builds the models,
   runs one warm-up step and then the measured step, its peak reset just before (Linux
   ``clear_refs``), and the growth over the RSS at that point (what the step itself adds); CUDA: ``torch.cuda.max_memory_allocated``
@@ -21,6 +25,13 @@ Parts (``--parts``, default all):
 * ``depth``: classic-path ratio for teachers of 16, 28 and 55 block layers (resnet32x4, resnet56,
   resnet110) with the ``--depth_student`` student, and a least-squares line through (teacher
   layers, extra ms of ckagroup over kd): the growth per teacher layer.
+  The depth rows print the same floor.
+* ``reduced``: why the CKA term keeps float32 products on the fast path. Under ``--amp`` the
+  block outputs are bf16; a bf16 x bf16 product is exact in float32, but torch's CPU ``mm`` rounds
+  its *output* to bf16 (a float32 output, ``out_dtype``, exists on CUDA only). The part times the
+  teacher's and student's Gram products both ways and prints the largest CKA error of each
+  against float64 on the same bf16 features (student x teacher matrix, debiased, the loss's
+  estimator); the float32 path must stay within the tests' tolerance (1e-5).
 * ``precompute``: the teacher-group precompute of a run (minibatch CKA of resnet32x4's 16 block
   layers over 10 batches of 64, then the grouping). Target: <= 15 s on 2 CPU cores.
 
@@ -54,6 +65,8 @@ from helper.loops import DistillObjective, StepOptions, cpu_has_native_bf16  # n
 from helper.options import parse_student_options  # noqa: E402
 from helper.teacher_groups import compute_teacher_groups, pair_teacher_groups  # noqa: E402
 from helper.train import prepare_model  # noqa: E402
+from cka import cka_matrix  # noqa: E402
+from cka.estimators import _centre_gram, _gram_product  # noqa: E402  (the CKA term's own steps)
 
 METHODS = ('kd', 'ckagroup')
 DEPTH_TEACHERS = ('resnet32x4', 'resnet56', 'resnet110')
@@ -130,6 +143,44 @@ def build_step(method: str, teacher_name: str, student_name: str, batch_size: in
     return step
 
 
+def gram_products(teacher_name: str, student_name: str, batch_size: int, device: torch.device):
+    """A callable taking the CKA term's float32 Gram products of one step and nothing else:
+    forward products of every teacher and student block layer, and the student's backward ones."""
+    torch.manual_seed(0)
+    images = torch.randn(batch_size, 3, 32, 32, device=device)
+    flat = {}
+    for role, name in (('teacher', teacher_name), ('student', student_name)):
+        model = models.build_model(name, num_classes=100).to(device).eval()
+        with torch.no_grad():
+            outs = models.layer_outputs(model, images, 'blocks')
+        flat[role] = [o.reshape(batch_size, -1).float().contiguous() for o in outs]
+    upstream = torch.randn(batch_size, batch_size, device=device)
+
+    def products():
+        for y in flat['teacher'] + flat['student']:
+            _gram_product(y)
+        for y in flat['student']:
+            upstream @ y
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+
+    products.gflop = 2 * batch_size ** 2 * (sum(y.shape[1] for y in flat['teacher'])
+                                            + 2 * sum(y.shape[1] for y in flat['student'])) / 1e9
+    return products
+
+
+def products_figures(products, repeats: int, kd_ms: float) -> dict:
+    products()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        products()
+        times.append(time.perf_counter() - start)
+    ms = 1000 * statistics.median(times)
+    return {'products_ms': ms, 'products_gflop': products.gflop, 'gflop_per_s': products.gflop / ms * 1000,
+            'floor_ratio': (kd_ms + ms) / kd_ms}
+
+
 def interleaved(steps: dict, repeats: int, warmup: int) -> dict:
     for step in steps.values():
         for _ in range(warmup):
@@ -158,19 +209,26 @@ def part_step(args, device, where) -> dict:
         steps = {m: build_step(m, args.teacher, args.student, args.batch_size, device, fast, args.compile,
                             args.teacher_bn)
                  for m in METHODS}
+        products = gram_products(args.teacher, args.student, args.batch_size, device)
         runs = []
         for run in range(args.runs):
             before = load()
             fig = step_figures(interleaved(steps, args.repeats, args.warmup if run == 0 else 1))
+            fig['floor'] = products_figures(products, args.repeats, fig['kd']['median_ms'])
             fig['load'] = f'{before} -> {load()}'
             runs.append(fig)
             print(f'step {label:28s} run {run + 1}: kd {fig["kd"]["median_ms"]:8.1f} ms, ckagroup '
                   f'{fig["ckagroup"]["median_ms"]:8.1f} ms (medians of {args.repeats}; minima '
-                  f'{fig["kd"]["min_ms"]:.1f} / {fig["ckagroup"]["min_ms"]:.1f}), ratio {fig["ratio"]:.3f} '
-                  f'[{where}; load {fig["load"]}]', flush=True)
+                  f'{fig["kd"]["min_ms"]:.1f} / {fig["ckagroup"]["min_ms"]:.1f}), ratio {fig["ratio"]:.3f}; '
+                  f'{floor_text(fig["floor"])} [{where}; load {fig["load"]}]', flush=True)
         results[label] = runs
         del steps
     return results
+
+
+def floor_text(floor: dict) -> str:
+    return (f'Gram products alone {floor["products_ms"]:.1f} ms ({floor["products_gflop"]:.2f} GFLOP at '
+            f'{floor["gflop_per_s"]:.0f} GFLOP/s), floor ratio {floor["floor_ratio"]:.3f}')
 
 
 def child_memory(args) -> None:
@@ -244,13 +302,15 @@ def part_depth(args, device, where) -> dict:
                                 teacher_bn=args.teacher_bn) for m in METHODS}
         before = load()
         fig = step_figures(interleaved(steps, args.repeats, args.warmup))
+        floor = products_figures(gram_products(teacher, args.depth_student, args.batch_size, device),
+                                 args.repeats, fig['kd']['median_ms'])
         extra = fig['ckagroup']['median_ms'] - fig['kd']['median_ms']
         rows.append({'teacher': teacher, 'layers': layers, 'kd_ms': fig['kd']['median_ms'],
                      'ckagroup_ms': fig['ckagroup']['median_ms'], 'extra_ms': extra, 'ratio': fig['ratio'],
-                     'load': f'{before} -> {load()}'})
+                     'floor': floor, 'load': f'{before} -> {load()}'})
         print(f'depth {teacher:10s} ({layers:2d} block layers) -> {args.depth_student}: kd '
               f'{fig["kd"]["median_ms"]:.1f} ms, ckagroup {fig["ckagroup"]["median_ms"]:.1f} ms, ratio '
-              f'{fig["ratio"]:.3f} [{where}; load {rows[-1]["load"]}]', flush=True)
+              f'{fig["ratio"]:.3f}; {floor_text(floor)} [{where}; load {rows[-1]["load"]}]', flush=True)
         del steps
     xs = [r['layers'] for r in rows]
     mx = statistics.mean(xs)
@@ -261,6 +321,53 @@ def part_depth(args, device, where) -> dict:
     print(f'depth fit: ckagroup costs {fit["extra_ms_per_layer"]:.2f} ms more per teacher block layer '
           f'(ratio +{fit["ratio_per_layer"]:.4f} per layer) [{where}]', flush=True)
     return {'rows': rows, 'fit': fit}
+
+
+def _bf16_product_cka(student: list, teacher: list) -> torch.Tensor:
+    """Debiased linear CKA matrix whose Grams are bf16 products rounded to bf16 (torch's CPU mm)."""
+    def normalised(layers):
+        grams = torch.stack([(y @ y.T).float() for y in layers])
+        centred = _centre_gram(grams, debiased=True).flatten(1)
+        return centred / centred.norm(dim=1, keepdim=True)
+    return normalised(student) @ normalised(teacher).T
+
+
+def part_reduced(args, device, where) -> dict:
+    torch.manual_seed(0)
+    images = torch.randn(args.batch_size, 3, 32, 32, device=device)
+    flat = {}
+    for role, name in (('teacher', args.teacher), ('student', args.student)):
+        model = build_teacher(name, images, 'data') if role == 'teacher' else \
+            models.build_model(name, num_classes=100).to(device).eval()
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            outs = models.layer_outputs(model, images, 'blocks')
+        flat[role] = [o.reshape(args.batch_size, -1).contiguous() for o in outs]
+    assert flat['teacher'][0].dtype == torch.bfloat16
+    reference = cka_matrix(flat['student'], flat['teacher'], 'linear', True, dtype=torch.float64)
+    exact = cka_matrix(flat['student'], flat['teacher'], 'linear', True)
+    reduced = _bf16_product_cka(flat['student'], flat['teacher'])
+    layers = flat['teacher'] + flat['student']
+
+    def timed(product):
+        product()
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            product()
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        return 1000 * statistics.median(times)
+
+    figures = {'float32_products_ms': timed(lambda: [_gram_product(y.float()) for y in layers]),
+               'bf16_products_ms': timed(lambda: [y @ y.T for y in layers]),
+               'float32_max_error': (exact.double() - reference).abs().max().item(),
+               'bf16_max_error': (reduced.double() - reference).abs().max().item()}
+    print(f'reduced: forward Gram products of the bf16 block outputs ({args.teacher} + {args.student}): float32 '
+          f'{figures["float32_products_ms"]:.1f} ms, bf16 with bf16 output {figures["bf16_products_ms"]:.1f} ms; '
+          f'largest CKA error against float64: float32 {figures["float32_max_error"]:.1e}, bf16 products '
+          f'{figures["bf16_max_error"]:.1e} [{where}]', flush=True)
+    return figures
 
 
 def part_precompute(args, device, where) -> dict:
@@ -291,8 +398,8 @@ def main():
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--runs', type=int, default=2, help='step-time runs per path')
     parser.add_argument('--compile', default=None, help='torch.compile mode for the fast path (e.g. reduce-overhead)')
-    parser.add_argument('--parts', nargs='+', default=['step', 'memory', 'depth', 'precompute'],
-                        choices=['step', 'memory', 'depth', 'precompute'])
+    parser.add_argument('--parts', nargs='+', default=['step', 'memory', 'depth', 'reduced', 'precompute'],
+                        choices=['step', 'memory', 'depth', 'reduced', 'precompute'])
     parser.add_argument('--teacher_bn', choices=['data', 'init'], default='data',
                         help="teacher BatchNorm statistics: set from the benchmark's batches (as a trained "
                              "teacher's track its data) or the initial ones")
@@ -307,7 +414,8 @@ def main():
     print(f'{args.teacher} -> {args.student}, batch {args.batch_size}, block taps, teacher BatchNorm statistics '
           f'{args.teacher_bn}; {where}', flush=True)
     started = time.perf_counter()
-    parts = {'step': part_step, 'memory': part_memory, 'depth': part_depth, 'precompute': part_precompute}
+    parts = {'step': part_step, 'memory': part_memory, 'depth': part_depth, 'reduced': part_reduced,
+             'precompute': part_precompute}
     results = {'machine': where, 'teacher': args.teacher, 'student': args.student,
                'batch_size': args.batch_size, 'compile': args.compile, 'teacher_bn': args.teacher_bn}
     for name in args.parts:

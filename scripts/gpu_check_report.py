@@ -35,19 +35,27 @@ for key in ('step_memory', 'step_compile'):
     if not r:
         continue
     md += ['', f'## {key}: {r["teacher"]} -> {r["student"]}, batch {r["batch_size"]} ({r["machine"]})', '',
-           '| path | run | kd median ms | ckagroup median ms | ratio |', '|---|---|---|---|---|']
+           '| path | run | kd median ms | ckagroup median ms | ratio | Gram products ms | floor ratio |',
+           '|---|---|---|---|---|---|---|']
     for path, runs in (r.get('step') or {}).items():
         md += [f'| {path} | {i + 1} | {x["kd"]["median_ms"]:.2f} | {x["ckagroup"]["median_ms"]:.2f} | '
-               f'{x["ratio"]:.3f} |' for i, x in enumerate(runs)]
+               f'{x["ratio"]:.3f} | {x["floor"]["products_ms"]:.2f} | {x["floor"]["floor_ratio"]:.3f} |'
+               for i, x in enumerate(runs)]
     if r.get('memory'):
         md += ['', '| path | kd peak MB | ckagroup peak MB | ratio |', '|---|---|---|---|']
         md += [f'| {p} | {m["kd"]["peak_mb"]:.0f} | {m["ckagroup"]["peak_mb"]:.0f} | {m["peak_ratio"]:.3f} |'
                for p, m in r['memory'].items()]
     if r.get('depth'):
-        md += ['', '| teacher | block layers | kd ms | ckagroup ms | ratio |', '|---|---|---|---|---|']
-        md += [f'| {d["teacher"]} | {d["layers"]} | {d["kd_ms"]:.2f} | {d["ckagroup_ms"]:.2f} | {d["ratio"]:.3f} |'
-               for d in r['depth']['rows']]
+        md += ['', '| teacher | block layers | kd ms | ckagroup ms | ratio | floor ratio |',
+               '|---|---|---|---|---|---|']
+        md += [f'| {d["teacher"]} | {d["layers"]} | {d["kd_ms"]:.2f} | {d["ckagroup_ms"]:.2f} | {d["ratio"]:.3f} | '
+               f'{d["floor"]["floor_ratio"]:.3f} |' for d in r['depth']['rows']]
         md.append(f'\nGrowth: {r["depth"]["fit"]["extra_ms_per_layer"]:.3f} ms per teacher block layer.')
+    if r.get('reduced'):
+        x = r['reduced']
+        md.append(f'\nbf16 Gram products (bf16 output): {x["bf16_products_ms"]:.2f} ms against float32 '
+                  f'{x["float32_products_ms"]:.2f} ms; largest CKA error against float64 {x["bf16_max_error"]:.1e} '
+                  f'(float32: {x["float32_max_error"]:.1e}).')
     if r.get('precompute'):
         md.append(f'\nTeacher-group precompute (resnet32x4, 10 batches of 64): {r["precompute"]["seconds"]:.2f} s.')
 fe = report['fast_epoch']

@@ -24,7 +24,7 @@ def test_report_tables_hold_the_benchmark_figures(tmp_path):
     """The step benchmark's JSON (a tiny CPU run) goes into gpu_check.json and gpu_check.md as is."""
     bench = [sys.executable, os.path.join(ROOT, 'scripts', 'bench_ckagroup_step.py'), '--device', 'cpu',
              '--teacher', 'resnet8', '--student', 'resnet8', '--batch_size', '8', '--repeats', '2',
-             '--warmup', '1', '--runs', '1', '--parts', 'step', '--json', str(tmp_path / 'step_memory.json')]
+             '--warmup', '1', '--runs', '1', '--parts', 'step', 'reduced', '--json', str(tmp_path / 'step_memory.json')]
     subprocess.run(bench, check=True, capture_output=True, timeout=300)
     (tmp_path / 'stages.tsv').write_text('cuda_tests\t0\t12\nstep_memory\t0\t30\nfast_epoch\t124\t110\n')
     subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'gpu_check_report.py'), str(tmp_path)],
@@ -39,5 +39,11 @@ def test_report_tables_hold_the_benchmark_figures(tmp_path):
         run = bench_figures['step'][path][0]
         assert run['ratio'] == pytest.approx(run['ckagroup']['median_ms'] / run['kd']['median_ms'])
         assert f'| {path} | 1 | {run["kd"]["median_ms"]:.2f} | {run["ckagroup"]["median_ms"]:.2f} | ' \
-               f'{run["ratio"]:.3f} |' in md
+               f'{run["ratio"]:.3f} | {run["floor"]["products_ms"]:.2f} | {run["floor"]["floor_ratio"]:.3f} |' in md
+        floor = run['floor']   # (kd + products) / kd, from the two measured times
+        assert floor['floor_ratio'] == pytest.approx((run['kd']['median_ms'] + floor['products_ms'])
+                                                     / run['kd']['median_ms'])
     assert bench_figures['machine'] in md   # the machine beside the figures
+    reduced = bench_figures['reduced']
+    assert reduced['float32_max_error'] < 1e-5 < reduced['bf16_max_error']   # the digits bf16 output loses
+    assert f'largest CKA error against float64 {reduced["bf16_max_error"]:.1e}' in md
