@@ -161,22 +161,27 @@ def gram_products(teacher_name: str, student_name: str, batch_size: int, device:
             _gram_product(y)
         for y in flat['student']:
             upstream @ y
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
 
     products.gflop = 2 * batch_size ** 2 * (sum(y.shape[1] for y in flat['teacher'])
                                             + 2 * sum(y.shape[1] for y in flat['student'])) / 1e9
     return products
 
 
-def products_figures(products, repeats: int, kd_ms: float) -> dict:
-    products()
+def median_ms(work, repeats: int, device: torch.device) -> float:
+    """Median wall time of `work()` over `repeats` calls after one warm-up call."""
+    work()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        products()
+        work()
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
-    ms = 1000 * statistics.median(times)
+    return 1000 * statistics.median(times)
+
+
+def products_figures(products, repeats: int, kd_ms: float, device: torch.device) -> dict:
+    ms = median_ms(products, repeats, device)
     return {'products_ms': ms, 'products_gflop': products.gflop, 'gflop_per_s': products.gflop / ms * 1000,
             'floor_ratio': (kd_ms + ms) / kd_ms}
 
@@ -214,7 +219,7 @@ def part_step(args, device, where) -> dict:
         for run in range(args.runs):
             before = load()
             fig = step_figures(interleaved(steps, args.repeats, args.warmup if run == 0 else 1))
-            fig['floor'] = products_figures(products, args.repeats, fig['kd']['median_ms'])
+            fig['floor'] = products_figures(products, args.repeats, fig['kd']['median_ms'], device)
             fig['load'] = f'{before} -> {load()}'
             runs.append(fig)
             print(f'step {label:28s} run {run + 1}: kd {fig["kd"]["median_ms"]:8.1f} ms, ckagroup '
@@ -303,7 +308,7 @@ def part_depth(args, device, where) -> dict:
         before = load()
         fig = step_figures(interleaved(steps, args.repeats, args.warmup))
         floor = products_figures(gram_products(teacher, args.depth_student, args.batch_size, device),
-                                 args.repeats, fig['kd']['median_ms'])
+                                 args.repeats, fig['kd']['median_ms'], device)
         extra = fig['ckagroup']['median_ms'] - fig['kd']['median_ms']
         rows.append({'teacher': teacher, 'layers': layers, 'kd_ms': fig['kd']['median_ms'],
                      'ckagroup_ms': fig['ckagroup']['median_ms'], 'extra_ms': extra, 'ratio': fig['ratio'],
@@ -348,19 +353,9 @@ def part_reduced(args, device, where) -> dict:
     reduced = _bf16_product_cka(flat['student'], flat['teacher'])
     layers = flat['teacher'] + flat['student']
 
-    def timed(product):
-        product()
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            product()
-            if device.type == 'cuda':
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-        return 1000 * statistics.median(times)
-
-    figures = {'float32_products_ms': timed(lambda: [_gram_product(y.float()) for y in layers]),
-               'bf16_products_ms': timed(lambda: [y @ y.T for y in layers]),
+    figures = {'float32_products_ms': median_ms(lambda: [_gram_product(y.float()) for y in layers],
+                                                args.repeats, device),
+               'bf16_products_ms': median_ms(lambda: [y @ y.T for y in layers], args.repeats, device),
                'float32_max_error': (exact.double() - reference).abs().max().item(),
                'bf16_max_error': (reduced.double() - reference).abs().max().item()}
     print(f'reduced: forward Gram products of the bf16 block outputs ({args.teacher} + {args.student}): float32 '
