@@ -158,6 +158,17 @@ def plateau(curve: Sequence[float], window: int = 5) -> Optional[float]:
     return statistics.fmean(curve[-window:]) - statistics.fmean(curve[-2 * window:-window])
 
 
+def final_slope(curve: Sequence[float], window: int = 5) -> Optional[float]:
+    """Least-squares slope of the last `window` epochs, in points per epoch: about 0 once the
+    curve has levelled off at its last learning rate (unlike `plateau`, not lifted by a learning
+    rate decay just before the window); None when the curve is shorter than the window."""
+    if len(curve) < window or window < 2:
+        return None
+    ys = curve[-window:]
+    mx, my = (window - 1) / 2, statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in enumerate(ys)) / sum((x - mx) ** 2 for x in range(window))
+
+
 class Instrument:
     """Runs one comparison into `<results>/<comparison.name>/`; `work` holds the run folders
     (checkpoints: kept out of docs/)."""
@@ -371,14 +382,16 @@ def summarise(comparison: Comparison, teacher: dict, records: List[dict], out: s
         rows[row] = {'seeds': sorted(runs), 'top1': stats.mean_std(list(accuracy[row].values())),
                      'vs': {b: stats.paired_difference(accuracy[row], accuracy[b]) for b in BASELINES
                             if b in accuracy and b != row},
-                     'plateau_gain': plateau(mean_curve), 'epoch_seconds': statistics.fmean(
+                     'plateau_gain': plateau(mean_curve), 'final_slope': final_slope(mean_curve),
+                     'epoch_seconds': statistics.fmean(
                          r['epoch_seconds'] for r in runs.values()),
                      'flow_cka': statistics.fmean(flows) if flows else None,
                      'random_partitions': sorted({json.dumps(r['teacher_groups']) for r in runs.values()})
                      if row == 'random_groups' else None}
     flow_rows = [r for r in rows if rows[r]['flow_cka'] is not None]
-    summary = {'comparison': comparison.name, 'notes': comparison.notes, 'teacher': {
-        k: teacher[k] for k in ('model', 'epochs', 'train_images', 'test_top1_full', 'plateau_gain', 'seconds')},
+    summary = {'comparison': comparison.name, 'notes': comparison.notes, 'teacher': dict(
+        {k: teacher[k] for k in ('model', 'epochs', 'train_images', 'test_top1_full', 'plateau_gain', 'seconds')},
+        final_slope=final_slope(teacher['curve']) if 'curve' in teacher else None),
         'student': comparison.student, 'student_train_per_class': comparison.train_per_class,
         'epochs': comparison.epochs, 'rows': rows,
         'flow_vs_accuracy_pearson_over_rows': stats.pearson([rows[r]['flow_cka'] for r in flow_rows],
@@ -418,14 +431,17 @@ def markdown(comparison: Comparison, summary: dict) -> str:
              if per_class else f'The student trains on the whole {comparison.dataset} training set',
              f'for {summary["epochs"]} epochs; top-1 on the full test set after the last epoch. Teacher: '
              f'{teacher["test_top1_full"]:.2f}% after {teacher["epochs"]} epochs on {teacher["train_images"]} images '
-             f'(last-5 minus previous-5 epoch gain {_num(teacher["plateau_gain"])}). '
+             f'(last-5 minus previous-5 epoch gain {_num(teacher["plateau_gain"])}, slope over the last 5 epochs '
+             f'{_num(teacher.get("final_slope"), 3)} points/epoch). '
              'Differences are paired over seeds, with a 95% t-interval.',
              '',
-             '| row | seeds | top-1 (mean ± std) | vs KD | vs ckagroup (CKA groups) | curve gain, last 5 epochs | flow CKA |',
-             '|---|---|---|---|---|---|---|']
+             '| row | seeds | top-1 (mean ± std) | vs KD | vs ckagroup (CKA groups) | curve gain, last 5 epochs '
+             '| slope, last 5 epochs (points/epoch) | flow CKA |',
+             '|---|---|---|---|---|---|---|---|']
     for row, r in summary['rows'].items():
         lines.append(f'| {row} | {len(r["seeds"])} | {_pm(r["top1"])} | {_diff(r["vs"].get("kd"))} | '
-                     f'{_diff(r["vs"].get("ckagroup"))} | {_num(r["plateau_gain"])} | {_num(r["flow_cka"], 3)} |')
+                     f'{_diff(r["vs"].get("ckagroup"))} | {_num(r["plateau_gain"])} | {_num(r.get("final_slope"), 3)} | '
+                     f'{_num(r["flow_cka"], 3)} |')
     lines += ['', f'Pearson r of flow CKA and top-1 over rows: {_num(summary["flow_vs_accuracy_pearson_over_rows"], 3)}', '']
     return '\n'.join(lines)
 

@@ -67,6 +67,10 @@ def test_a_declaration_the_instrument_cannot_measure_is_refused():
 def test_plateau_and_flow_cka_by_hand():
     assert evidence.plateau([1, 2, 3, 4], window=2) == pytest.approx(3.5 - 1.5)
     assert evidence.plateau([1, 2, 3], window=2) is None
+    # slope of (0, 1), (1, 3), (2, 2): sum((x - 1)(y - 2)) / sum((x - 1)^2) = (-1 * -1 + 1 * 0) / 2
+    assert evidence.final_slope([9, 1, 3, 2], window=3) == pytest.approx(0.5)
+    assert evidence.final_slope([5.0] * 6) == pytest.approx(0.0)
+    assert evidence.final_slope([1, 2], window=3) is None
     record = {'monitor_matrix': [[0.9, 0.5, 0.1], [0.2, 0.6, 0.8], [0.0, 0.3, 0.4]]}
     # student layers split evenly in two: [0, 1] and [2]; CKA groups [0, 1] and [2]:
     # mean(0.9, 0.5, 0.2, 0.6) = 0.55 and 0.4 -> 0.475
