@@ -60,7 +60,7 @@ MONITOR_BATCHES = 4  # --cka_monitor_batches default: whole held-out batches the
 
 
 # docs/FAST_TRAINING.md's options: bf16 autocast forwards (the CKA math stays float32), images
-# cropped and flipped as tensors; about twice the images per second on a bf16-capable CPU.
+# cropped and flipped as tensors (throughput measured in docs/EVIDENCE.md, "Budget").
 FAST_OPTIONS = ('--data_on_device', '--amp', '--channels_last')
 
 
