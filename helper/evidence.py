@@ -22,6 +22,7 @@ import torch
 
 from cka import even_split
 from helper import stats
+from helper.run_folder import write_json_atomic
 from runtime.errors import ConfigError
 
 DISTILL_ARGS = ('--distill', 'ckagroup', '-c', '1', '-d', '1')
@@ -137,14 +138,6 @@ def file_digest(path: str) -> str:
     return sha.hexdigest()[:16]
 
 
-def _write_json(obj, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _read_json(path: str):
     with open(path) as f:
         return json.load(f)
@@ -164,9 +157,7 @@ def final_slope(curve: Sequence[float], window: int = 5) -> Optional[float]:
     rate decay just before the window); None when the curve is shorter than the window."""
     if len(curve) < window or window < 2:
         return None
-    ys = curve[-window:]
-    mx, my = (window - 1) / 2, statistics.fmean(ys)
-    return sum((x - mx) * (y - my) for x, y in enumerate(ys)) / sum((x - mx) ** 2 for x in range(window))
+    return stats.slope(range(window), curve[-window:])
 
 
 class Instrument:
@@ -226,7 +217,7 @@ class Instrument:
                   'test_top1_full': final['top1'], 'test_images_full': final['images'],
                   'curve': [h['test/top1'] for h in history], 'plateau_gain': plateau([h['test/top1'] for h in history]),
                   'seconds': time.time() - start, 'images_per_s': statistics.fmean(h['train/images_per_s'] for h in history)}
-        _write_json(record, record_path)
+        write_json_atomic(record, record_path)
         return record
 
     # ---- the students ----
@@ -270,7 +261,7 @@ class Instrument:
         earlier = self._reusable(key)
         if earlier:
             record = dict(_read_json(earlier), row=row, reused_from=os.path.relpath(earlier, self.results_root))
-            _write_json(record, path)
+            write_json_atomic(record, path)
             self.log(f'== {row}, seed {seed}: reused {record["reused_from"]}')
             return record
         save_dir = os.path.join(self.work, f'{row}_seed{seed}')
@@ -284,7 +275,7 @@ class Instrument:
         run_dir = self._run_folder(save_dir, 'students')
         record = self._record(row, seed, key, argv, teacher['digest'], run_dir, time.time() - start)
         record['resumed'] = resumed  # its wall time then covers only the part after the restart
-        _write_json(record, path)
+        write_json_atomic(record, path)
         return record
 
     def _run_folder(self, save_dir: str, kind: str) -> Optional[str]:
@@ -396,7 +387,7 @@ def summarise(comparison: Comparison, teacher: dict, records: List[dict], out: s
         'epochs': comparison.epochs, 'rows': rows,
         'flow_vs_accuracy_pearson_over_rows': stats.pearson([rows[r]['flow_cka'] for r in flow_rows],
                                                             [rows[r]['top1']['mean'] for r in flow_rows])}
-    _write_json(summary, os.path.join(out, 'summary.json'))
+    write_json_atomic(summary, os.path.join(out, 'summary.json'))
     with open(os.path.join(out, 'summary.md'), 'w') as f:
         f.write(markdown(comparison, summary))
     figure = evidence_figures.learning_curves({row: [runs[s]['curve'] for s in sorted(runs)]

@@ -16,7 +16,10 @@ METRICS_FILE = 'metrics.json'
 LAST_CKPT = 'ckpt_last.pth'
 
 
-def _write_json_atomic(obj, path: str) -> None:
+def write_json_atomic(obj, path: str) -> None:
+    """Write `obj` as JSON to `path` (its folder created) through a temporary file, so that a
+    reader never sees half a file."""
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = f'{path}.tmp{os.getpid()}'
     with open(tmp, 'w') as f:
         json.dump(obj, f, indent=1)
@@ -57,7 +60,7 @@ class RunFolder:
         if self._options is None:
             return
         os.makedirs(self.path, exist_ok=True)
-        _write_json_atomic(self._options, self.file(OPTIONS_FILE))
+        write_json_atomic(self._options, self.file(OPTIONS_FILE))
         self._options = None
 
     def file(self, name: str) -> str:
@@ -78,7 +81,7 @@ class RunFolder:
         if not self.enabled:
             return
         self._open()
-        _write_json_atomic(history, self.file(METRICS_FILE))
+        write_json_atomic(history, self.file(METRICS_FILE))
         epoch = record['epoch']
         for key, value in record.items():
             if key != 'epoch' and isinstance(value, (int, float)):
@@ -96,7 +99,7 @@ class RunFolder:
     def write_json(self, name: str, obj) -> None:
         if self.enabled:
             self._open()
-            _write_json_atomic(obj, self.file(name))
+            write_json_atomic(obj, self.file(name))
 
     def log_cka_matrix(self, prefix: str, filename: str, epoch: int, matrix, group_values: list,
                        student_names, teacher_names, student_groups, teacher_groups) -> dict:

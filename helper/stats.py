@@ -74,6 +74,17 @@ def paired_difference(row: Dict[int, float], baseline: Dict[int, float], confide
     return out
 
 
+def slope(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
+    """Least-squares slope of ys on xs, None below two points or when xs is constant."""
+    if len(xs) != len(ys):
+        raise ValueError(f'slope needs equal lengths, got {len(xs)} and {len(ys)}')
+    if len(xs) < 2:
+        return None
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return None if sxx == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+
+
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
     """Pearson correlation, None below three points or when either side is constant."""
     if len(xs) != len(ys):

@@ -36,6 +36,7 @@ from cka import (CKAAccumulator, PairedGroups, auto_n_groups, boundary_stability
 from dataset import DATASET_NAMES
 from distiller_zoo.ckagroup import parse_n_groups
 from helper.checkpoint import load_teacher
+from helper.run_folder import write_json_atomic
 from runtime import collectives
 from runtime.errors import ConfigError
 
@@ -263,9 +264,7 @@ def run(argv=None) -> dict:
         teacher, opt.layers, names, data.train, n_groups, opt.batches,
         opt.batch_size, opt.kernel, opt.estimator == 'debiased', opt.seed, device,
         extra_settings={'teacher': arch, 'path_t': os.path.abspath(opt.path_t), 'dataset': opt.dataset})
-    os.makedirs(opt.out, exist_ok=True)
-    with open(os.path.join(opt.out, GROUPS_FILE), 'w') as f:
-        json.dump(record, f, indent=1)
+    write_json_atomic(record, os.path.join(opt.out, GROUPS_FILE))
     save_png(teacher_figure(record['matrix'], record['layer_names'], record['groups'], title=f'{arch}: teacher CKA',
                             caption=teacher_caption(record['settings'])),
              os.path.join(opt.out, GROUPS_PNG))

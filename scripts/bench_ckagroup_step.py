@@ -60,6 +60,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models  # noqa: E402
 from distiller_zoo import DistillContext, build_distiller  # noqa: E402
+from helper import stats  # noqa: E402
 from helper.checkpoint import freeze  # noqa: E402
 from helper.loops import DistillObjective, StepOptions, cpu_has_native_bf16  # noqa: E402
 from helper.options import parse_student_options  # noqa: E402
@@ -143,17 +144,27 @@ def build_step(method: str, teacher_name: str, student_name: str, batch_size: in
     return step
 
 
+def flat_block_outputs(teacher_name: str, student_name: str, batch_size: int, device: torch.device,
+                       amp: bool) -> dict:
+    """{'teacher': [...], 'student': [...]}: each model's block outputs on one random batch
+    (teacher BatchNorm statistics from that batch, as a trained teacher's), flattened per sample
+    to contiguous (n, p); bf16 under `amp` (as an --amp forward gives them)."""
+    torch.manual_seed(0)
+    images = torch.randn(batch_size, 3, 32, 32, device=device)
+    nets = {'teacher': build_teacher(teacher_name, images, 'data'),
+            'student': models.build_model(student_name, num_classes=100).to(device).eval()}
+    flat = {}
+    for role, model in nets.items():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            outs = models.layer_outputs(model, images, 'blocks')
+        flat[role] = [o.reshape(batch_size, -1).contiguous() for o in outs]
+    return flat
+
+
 def gram_products(teacher_name: str, student_name: str, batch_size: int, device: torch.device):
     """A callable taking the CKA term's float32 Gram products of one step and nothing else:
     forward products of every teacher and student block layer, and the student's backward ones."""
-    torch.manual_seed(0)
-    images = torch.randn(batch_size, 3, 32, 32, device=device)
-    flat = {}
-    for role, name in (('teacher', teacher_name), ('student', student_name)):
-        model = models.build_model(name, num_classes=100).to(device).eval()
-        with torch.no_grad():
-            outs = models.layer_outputs(model, images, 'blocks')
-        flat[role] = [o.reshape(batch_size, -1).float().contiguous() for o in outs]
+    flat = flat_block_outputs(teacher_name, student_name, batch_size, device, amp=False)
     upstream = torch.randn(batch_size, batch_size, device=device)
 
     def products():
@@ -317,12 +328,9 @@ def part_depth(args, device, where) -> dict:
               f'{fig["kd"]["median_ms"]:.1f} ms, ckagroup {fig["ckagroup"]["median_ms"]:.1f} ms, ratio '
               f'{fig["ratio"]:.3f}; {floor_text(floor)} [{where}; load {rows[-1]["load"]}]', flush=True)
         del steps
-    xs = [r['layers'] for r in rows]
-    mx = statistics.mean(xs)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = lambda ys: sum((x - mx) * (y - statistics.mean(ys)) for x, y in zip(xs, ys)) / sxx
-    fit = {'extra_ms_per_layer': slope([r['extra_ms'] for r in rows]),
-           'ratio_per_layer': slope([r['ratio'] for r in rows])}
+    layers = [r['layers'] for r in rows]
+    fit = {'extra_ms_per_layer': stats.slope(layers, [r['extra_ms'] for r in rows]),
+           'ratio_per_layer': stats.slope(layers, [r['ratio'] for r in rows])}
     print(f'depth fit: ckagroup costs {fit["extra_ms_per_layer"]:.2f} ms more per teacher block layer '
           f'(ratio +{fit["ratio_per_layer"]:.4f} per layer) [{where}]', flush=True)
     return {'rows': rows, 'fit': fit}
@@ -338,15 +346,7 @@ def _bf16_product_cka(student: list, teacher: list) -> torch.Tensor:
 
 
 def part_reduced(args, device, where) -> dict:
-    torch.manual_seed(0)
-    images = torch.randn(args.batch_size, 3, 32, 32, device=device)
-    flat = {}
-    for role, name in (('teacher', args.teacher), ('student', args.student)):
-        model = build_teacher(name, images, 'data') if role == 'teacher' else \
-            models.build_model(name, num_classes=100).to(device).eval()
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
-            outs = models.layer_outputs(model, images, 'blocks')
-        flat[role] = [o.reshape(args.batch_size, -1).contiguous() for o in outs]
+    flat = flat_block_outputs(args.teacher, args.student, args.batch_size, device, amp=True)
     assert flat['teacher'][0].dtype == torch.bfloat16
     reference = cka_matrix(flat['student'], flat['teacher'], 'linear', True, dtype=torch.float64)
     exact = cka_matrix(flat['student'], flat['teacher'], 'linear', True)

@@ -77,4 +77,8 @@ def test_mean_std_and_pearson_by_hand():
     x, y = [1.0, 2.0, 3.0, 5.0], [2.0, 4.0, 7.0, 8.0]
     assert stats.pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
     assert stats.pearson([1.0, 2.0], [1.0, 3.0]) is None
+    assert stats.slope(x, y) == pytest.approx(np.polyfit(x, y, 1)[0])
+    # (1, 2), (2, 2), (4, 5): mean x 7/3, mean y 3; sxy = 5, sxx = 14/3
+    assert stats.slope([1.0, 2.0, 4.0], [2.0, 2.0, 5.0]) == pytest.approx(15 / 14)
+    assert stats.slope([1.0], [2.0]) is None and stats.slope([3.0, 3.0], [1.0, 2.0]) is None
     assert stats.pearson([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None
