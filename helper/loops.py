@@ -18,7 +18,7 @@ from torch import nn
 
 from distiller_zoo.base import Batch, Distiller, ModelOutputs
 from distiller_zoo.kd import kd_loss
-from models.taps import FeatureTap
+from models.taps import open_tap
 from runtime import collectives
 
 
@@ -102,11 +102,11 @@ class CrossEntropyObjective:
 
 def model_outputs(model: nn.Module, images: torch.Tensor, distiller: Distiller) -> ModelOutputs:
     """One training forward of `model`, with what the distiller asked for: the is_feat features
-    (`needs_feats`), and the block-level layer outputs (`taps = 'blocks'`), recorded by hooks that
-    are attached for this forward only."""
+    (`needs_feats`), and the block-level layer outputs (`taps = 'blocks'`), recorded by hooks
+    (`open_tap`: the model's kept tap if compiled, else hooks attached for this forward only)."""
     kwargs = dict(is_feat=True, preact=distiller.needs_preact) if distiller.needs_feats else {}
     if distiller.taps == 'blocks':
-        with FeatureTap(model, model.block_layer_names()) as tap:
+        with open_tap(model, model.block_layer_names()) as tap:
             out = model(images, **kwargs)
             blocks = tap.outputs
     elif distiller.taps is None:

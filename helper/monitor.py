@@ -86,7 +86,7 @@ class CKAMonitor:
                                    models.layer_outputs(self.teacher, images, self.kind))
         finally:
             self.student.train(was_training)
-        matrix = accumulator.matrix().float()
+        matrix = accumulator.matrix().float().cpu()
         groups = self.groups.group_values(matrix)
         return matrix.numpy().astype(np.float64), groups.tolist()
 

@@ -71,7 +71,7 @@ def teacher_cka(teacher: nn.Module, kind: str, dataset, batches: int, batch_size
                 kernel: str, debiased: bool, seed: int, device) -> tuple:
     """Minibatch CKA of the teacher's `kind` layers on `batches` random batches of `dataset`.
 
-    Returns (pooled matrix, per-batch matrices) as numpy arrays. The batches are drawn at random
+    Returns (pooled matrix, per-batch matrices) as numpy arrays, whatever the device. The batches are drawn at random
     with a seeded generator: image folders are sorted by class, so their first batches would hold
     a single class.
     """
@@ -91,7 +91,7 @@ def teacher_cka(teacher: nn.Module, kind: str, dataset, batches: int, batch_size
             accumulator.update(models.layer_outputs(teacher, images.to(device), kind))
     finally:
         teacher.train(was_training)
-    return accumulator.matrix().numpy(), [m.numpy() for m in accumulator.per_batch]
+    return accumulator.matrix().cpu().numpy(), [m.numpy() for m in accumulator.per_batch]
 
 
 def compute_teacher_groups(teacher: nn.Module, kind: str, layer_names: Sequence[str], dataset,

@@ -122,6 +122,8 @@ def prepare_model(model: torch.nn.Module, opt) -> torch.nn.Module:
         model.to(memory_format=torch.channels_last)
     mode = getattr(opt, 'compile', None)
     if mode is not None:
+        if hasattr(model, 'block_layer_names'):
+            models.keep_tap(model, model.block_layer_names())  # hooks added after compiling are ignored
         # static shapes: the short last batch gets its own graph instead of turning every batch dynamic
         model.compile(mode=None if mode == 'default' else mode, dynamic=False)
     return model

@@ -32,7 +32,7 @@ from .resnet import (resnet8, resnet8x4, resnet14, resnet14x2, resnet14x4, resne
 from .resnetv2 import ResNet50
 from .shufflenetv1 import ShuffleV1
 from .shufflenetv2 import ShuffleV2, ShuffleV2_1_5
-from .taps import FeatureTap
+from .taps import FeatureTap, keep_tap, open_tap
 from .vgg import vgg8, vgg11, vgg13, vgg16, vgg19
 from .wrn import wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2
 
@@ -137,15 +137,15 @@ def layer_names(model: nn.Module, kind: str, input_shape: Sequence[int]) -> List
 
 def layer_outputs(model: nn.Module, images: torch.Tensor, kind: str) -> List[torch.Tensor]:
     """One forward of ``model`` on ``images``; the outputs of the ``layer_names(model, kind)``
-    layers (block hooks attached for this pass only). Gradient and mode as the caller set them."""
+    layers (recorded by `open_tap`). Gradient and mode as the caller set them."""
     if kind == 'stages':
         feats, _ = model(images, is_feat=True)
         return list(feats[:-1])
-    with FeatureTap(model, model.block_layer_names()) as tap:
+    with open_tap(model, model.block_layer_names()) as tap:
         model(images)
         return tap.outputs
 
 
-__all__ = ['model_dict', 'build_model', 'resolve_model_name', 'feature_shapes', 'FeatureTap',
+__all__ = ['model_dict', 'build_model', 'resolve_model_name', 'feature_shapes', 'FeatureTap', 'keep_tap', 'open_tap',
            'LAYER_KINDS', 'layer_names', 'layer_outputs',
            'IMAGENET_RESNET50', 'IMAGENET_MODELS', 'is_imagenet_dataset']

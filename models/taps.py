@@ -4,6 +4,9 @@
         logits = model(x)
     feats = tap.outputs          # list of tensors, in names order
 
+`open_tap` is what the loops use: it also serves modules that must keep their hooks (`keep_tap`:
+compiled modules).
+
 Works on any ``nn.Module``: names are those of ``module.named_modules()`` / ``get_submodule``.
 The hooks only read: outputs, parameters and BN statistics are exactly those of the same forward
 without the tap. Recorded tensors are *not* detached (a loss on a student's tapped features
@@ -14,7 +17,9 @@ of this zoo use no in-place operations on their block-level outputs.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Union
+import contextlib
+import weakref
+from typing import Dict, Iterable, Iterator, List, Union
 
 import torch
 from torch import nn
@@ -94,3 +99,44 @@ class FeatureTap:
     def __repr__(self) -> str:
         state = 'active' if self._handles else 'removed'
         return f'FeatureTap({len(self.names)} layers, {state})'
+
+
+# Taps kept for a module's lifetime (keep_tap), by module.
+_KEPT: 'weakref.WeakKeyDictionary[nn.Module, FeatureTap]' = weakref.WeakKeyDictionary()
+
+
+def keep_tap(module: nn.Module, names: Iterable[str]) -> FeatureTap:
+    """Attach a tap on ``names`` for ``module``'s lifetime; `open_tap` then uses it.
+
+    Call it before the first call of a compiled module: torch.compile does not guard on the
+    hooks of submodules, so a graph traced without hooks ignores hooks added later, and a tap
+    opened around each forward would record nothing. Kept hooks are part of every trace."""
+    names = list(names)
+    kept = _KEPT.get(module)
+    if kept is not None:
+        if kept.names != names:
+            raise ValueError(f'keep_tap: {type(module).__name__} already keeps a tap on other layers')
+        return kept
+    kept = _KEPT[module] = FeatureTap(module, names)
+    return kept
+
+
+@contextlib.contextmanager
+def open_tap(module: nn.Module, names: Iterable[str]) -> Iterator[FeatureTap]:
+    """A tap on ``names`` for the forward passes inside the block: the module's kept tap
+    (cleared before and after) if it has one, else hooks attached for the block only. Read
+    ``tap.outputs`` inside the block."""
+    names = list(names)
+    kept = _KEPT.get(module)
+    if kept is None:
+        with FeatureTap(module, names) as tap:
+            yield tap
+        return
+    if kept.names != names:
+        raise ValueError(f'open_tap: {type(module).__name__} keeps a tap on other layers '
+                         f'({len(kept.names)}); a compiled module can only be tapped there')
+    kept.clear()
+    try:
+        yield kept
+    finally:
+        kept.clear()  # drop the references to this pass's activations

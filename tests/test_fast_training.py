@@ -106,3 +106,27 @@ def test_amp_note_printed_once_at_start(monkeypatch, tmp_path, capsys):
     assert out.count('--amp on a CPU without native bf16') == 1
     assert out.index('--amp on a CPU without native bf16') < out.index('training resnet8')
     assert summary['epochs'] == 1
+
+
+def test_compiled_models_keep_their_block_taps(monkeypatch):
+    """--compile: the block outputs of a model compiled by prepare_model are recorded on every
+    forward, also after an untapped first call (hooks added after compiling are ignored); torch.compile
+    runs with its tracing only (backend 'eager') to keep the test short."""
+    import copy
+    import models
+    compile_module = nn.Module.compile
+    monkeypatch.setattr(nn.Module, 'compile', lambda self, mode=None, dynamic=None: compile_module(
+        self, backend='eager', dynamic=dynamic))
+    torch.manual_seed(0)
+    reference = models.build_model('resnet8', num_classes=10).eval()
+    model = prepare_model(copy.deepcopy(reference), types.SimpleNamespace(compile='reduce-overhead'))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        got = models.layer_outputs(model, x, 'blocks')
+        with FeatureTap(reference, reference.block_layer_names()) as tap:
+            reference(x)
+            want = tap.outputs
+    assert len(got) == len(want) == len(reference.block_layer_names())
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

@@ -313,3 +313,64 @@ def test_tuple_output_and_repeated_calls():
         out = net(x)
     torch.testing.assert_close(tap.outputs[0], x * 2)
     assert tap.outputs[1] is out
+
+
+def _compiled_eager(model):
+    """torch.compile's tracing (dynamo) without code generation: what decides which hooks run."""
+    model.compile(backend='eager', dynamic=False)
+    return model
+
+
+def test_compiled_module_ignores_hooks_added_after_its_first_call():
+    """The failure keep_tap exists for (seen on a GPU with --compile): a per-forward tap on a
+    compiled module first called without hooks records nothing."""
+    torch.manual_seed(0)
+    model = _compiled_eager(models.build_model('resnet8', num_classes=10).eval())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        with FeatureTap(model, model.block_layer_names()) as tap:
+            model(x)
+            with pytest.raises(RuntimeError, match='nothing recorded'):
+                tap.outputs
+
+
+def test_kept_tap_records_every_forward_of_a_compiled_module_in_both_modes():
+    torch.manual_seed(0)
+    reference = models.build_model('resnet8', num_classes=10)
+    model = copy.deepcopy(reference)
+    names = model.block_layer_names()
+    models.keep_tap(model, names)
+    _compiled_eager(model)
+    x = torch.randn(4, 3, 32, 32)
+    for train in (False, True, False):
+        reference.train(train), model.train(train)
+        with torch.no_grad():
+            model(x), reference(x)  # an untapped call in between, as validation does
+        for _ in range(2):
+            with models.open_tap(model, names) as tap:
+                model(x)
+                got = tap.outputs
+            with FeatureTap(reference, names) as ref_tap:
+                reference(x)
+                want = ref_tap.outputs
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w)
+        # the kept tap drops its references to the activations after the block
+        with pytest.raises(RuntimeError, match='nothing recorded'):
+            tap.outputs
+
+
+def test_open_tap_without_kept_tap_removes_its_hooks_and_refuses_other_layers_of_a_kept_one():
+    model = models.build_model('resnet8', num_classes=10)
+    names = model.block_layer_names()
+    with models.open_tap(model, names) as tap:
+        model(torch.randn(2, 3, 32, 32))
+        assert len(tap.outputs) == len(names)
+    assert not tap.active
+    models.keep_tap(model, names)
+    assert models.keep_tap(model, names) is models.keep_tap(model, names)
+    with pytest.raises(ValueError, match='other layers'):
+        with models.open_tap(model, names[:2]):
+            pass
