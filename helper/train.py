@@ -115,15 +115,16 @@ def _device_loaders(opt, train_set, data, device, generator, train_sampler, val_
     return train_loader, val_loader, generator
 
 
-def prepare_model(model: torch.nn.Module, opt) -> torch.nn.Module:
+def prepare_model(model: torch.nn.Module, opt, taps: bool = False) -> torch.nn.Module:
     """--channels_last and --compile, in place (the module, its state_dict keys and its hooks stay
-    the same: `nn.Module.compile` compiles its call)."""
+    the same: `nn.Module.compile` compiles its call). `taps`: its block outputs will be tapped
+    (kept hooks when compiled: hooks added after compiling are ignored)."""
     if getattr(opt, 'channels_last', False):
         model.to(memory_format=torch.channels_last)
     mode = getattr(opt, 'compile', None)
     if mode is not None:
-        if hasattr(model, 'block_layer_names'):
-            models.keep_tap(model, model.block_layer_names())  # hooks added after compiling are ignored
+        if taps:
+            models.keep_tap(model, model.block_layer_names())
         # static shapes: the short last batch gets its own graph instead of turning every batch dynamic
         model.compile(mode=None if mode == 'default' else mode, dynamic=False)
     return model
@@ -391,8 +392,9 @@ def _student(opt) -> dict:
     freeze(teacher)
     train_set = distiller.wrap_train_dataset(data.train)
     loaders = make_loaders(opt, train_set, data.val, device, data)
-    prepare_model(student, opt)
-    prepare_model(teacher, opt)
+    tapped = distiller.taps is not None or monitor is not None
+    prepare_model(student, opt, taps=tapped)
+    prepare_model(teacher, opt, taps=tapped)
     trainable = list(student.parameters()) + list(distiller.parameters())
     predict = lambda images: distiller.predict(student, images)
     trainer = Trainer(opt, run, student, DistillObjective(student, teacher, distiller, opt), predict,

@@ -122,8 +122,8 @@ def build_step(method: str, teacher_name: str, student_name: str, batch_size: in
                          teacher_name=teacher_name, num_classes=100, input_shape=input_shape,
                          num_train_samples=batch_size, device=device, opt=opt, groups=groups)
     distiller = build_distiller(method, ctx).to(device)
-    prepare_model(student, opt)
-    prepare_model(teacher, opt)
+    prepare_model(student, opt, taps=distiller.taps is not None)
+    prepare_model(teacher, opt, taps=distiller.taps is not None)
     options = StepOptions.from_opt(opt)
     objective = DistillObjective(student, teacher, distiller, opt)
     optimizer = torch.optim.SGD(list(student.parameters()) + list(distiller.parameters()), lr=0.01,

@@ -119,7 +119,9 @@ def test_compiled_models_keep_their_block_taps(monkeypatch):
         self, backend='eager', dynamic=dynamic))
     torch.manual_seed(0)
     reference = models.build_model('resnet8', num_classes=10).eval()
-    model = prepare_model(copy.deepcopy(reference), types.SimpleNamespace(compile='reduce-overhead'))
+    untapped = prepare_model(copy.deepcopy(reference), types.SimpleNamespace(compile='reduce-overhead'))
+    assert not any(m._forward_hooks for m in untapped.modules())  # kd: nothing recorded, nothing held
+    model = prepare_model(copy.deepcopy(reference), types.SimpleNamespace(compile='reduce-overhead'), taps=True)
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         model(x)
