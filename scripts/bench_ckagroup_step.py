@@ -32,6 +32,11 @@ Parts (``--parts``, default all):
   teacher's and student's Gram products both ways and prints the largest CKA error of each
   against float64 on the same bf16 features (student x teacher matrix, debiased, the loss's
   estimator); the float32 path must stay within the tests' tolerance (1e-5).
+* ``calls``: what a step asks of the host, counted, not timed (the same on any machine): the
+  aten operator calls of one step (torch.profiler, innermost calls only) and its host reads
+  (``tolist`` / ``item`` / ``bool`` / ``float`` / ``int`` of a tensor, each a wait for the device
+  on a GPU), kd against ckagroup on both paths. On a GPU a step this small is bound by these, not
+  by arithmetic.
 * ``precompute``: the teacher-group precompute of a run (minibatch CKA of resnet32x4's 16 block
   layers over 10 batches of 64, then the grouping). Target: <= 15 s on 2 CPU cores.
 
@@ -365,6 +370,54 @@ def part_reduced(args, device, where) -> dict:
     return figures
 
 
+HOST_READS = ('tolist', 'item', '__bool__', '__float__', '__int__')
+
+
+def count_calls(step) -> dict:
+    """Innermost aten calls and host reads (by the source line that asked) of one call of `step`."""
+    from torch.profiler import ProfilerActivity, profile
+    reads, originals = {}, {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def counted(name):
+        def read(tensor, *args, **kwargs):
+            caller = sys._getframe(1)
+            where = f'{os.path.basename(caller.f_code.co_filename)}:{caller.f_lineno}'
+            reads[where] = reads.get(where, 0) + 1
+            return originals[name](tensor, *args, **kwargs)
+        return read
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for name in HOST_READS:
+            setattr(torch.Tensor, name, counted(name))
+        try:
+            step()
+        finally:
+            for name, original in originals.items():
+                setattr(torch.Tensor, name, original)
+    aten = [e for e in prof.events() if e.name.startswith('aten::')]
+    innermost = sum(1 for e in aten if not any(c.name.startswith('aten::') for c in e.cpu_children))
+    return {'aten_calls': innermost, 'host_reads': sum(reads.values()), 'host_reads_at': reads}
+
+
+def part_calls(args, device, where) -> dict:
+    results = {}
+    for path in ('classic', 'fast'):
+        fast = path == 'fast'
+        figures = {}
+        for method in METHODS:
+            step = build_step(method, args.teacher, args.student, args.batch_size, device, fast, None,
+                              args.teacher_bn)
+            step(), step()  # warm: lazy initialisation is not the steady state
+            figures[method] = count_calls(step)
+        results[path] = figures
+        kd, cka = figures['kd'], figures['ckagroup']
+        print(f'calls {path:7s}: aten calls kd {kd["aten_calls"]}, ckagroup {cka["aten_calls"]} '
+              f'(+{cka["aten_calls"] - kd["aten_calls"]}); host reads kd {kd["host_reads"]}, ckagroup '
+              f'{cka["host_reads"]} ({", ".join(f"{k} x{v}" for k, v in cka["host_reads_at"].items()) or "none"}) '
+              f'[{where}]', flush=True)
+    return results
+
+
 def part_precompute(args, device, where) -> dict:
     torch.manual_seed(0)
     images = torch.randn(10 * 64, 3, 32, 32)
@@ -393,8 +446,8 @@ def main():
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--runs', type=int, default=2, help='step-time runs per path')
     parser.add_argument('--compile', default=None, help='torch.compile mode for the fast path (e.g. reduce-overhead)')
-    parser.add_argument('--parts', nargs='+', default=['step', 'memory', 'depth', 'reduced', 'precompute'],
-                        choices=['step', 'memory', 'depth', 'reduced', 'precompute'])
+    parser.add_argument('--parts', nargs='+', default=['step', 'memory', 'depth', 'reduced', 'calls', 'precompute'],
+                        choices=['step', 'memory', 'depth', 'reduced', 'calls', 'precompute'])
     parser.add_argument('--teacher_bn', choices=['data', 'init'], default='data',
                         help="teacher BatchNorm statistics: set from the benchmark's batches (as a trained "
                              "teacher's track its data) or the initial ones")
@@ -410,7 +463,7 @@ def main():
           f'{args.teacher_bn}; {where}', flush=True)
     started = time.perf_counter()
     parts = {'step': part_step, 'memory': part_memory, 'depth': part_depth, 'reduced': part_reduced,
-             'precompute': part_precompute}
+             'calls': part_calls, 'precompute': part_precompute}
     results = {'machine': where, 'teacher': args.teacher, 'student': args.student,
                'batch_size': args.batch_size, 'compile': args.compile, 'teacher_bn': args.teacher_bn}
     for name in args.parts:

@@ -49,7 +49,7 @@ stage() {
 stage cuda_tests 100 "$PY" -m pytest -q -p no:cacheprovider tests/test_fast_training.py \
     tests/test_classic_distillers.py -k "cuda" -rs
 stage step_memory 120 "$PY" scripts/bench_ckagroup_step.py --device cuda --repeats 30 --warmup 5 \
-    --runs 2 --parts step memory depth reduced precompute --json "$OUT/step_memory.json"
+    --runs 2 --parts step memory depth reduced calls precompute --json "$OUT/step_memory.json"
 stage step_compile 120 "$PY" scripts/bench_ckagroup_step.py --device cuda --repeats 30 --warmup 5 \
     --runs 2 --parts step --compile reduce-overhead --json "$OUT/step_compile.json"
 stage fast_epoch 110 "$PY" scripts/bench_fast_epoch.py --dataset synthetic --device cuda --epochs 2 \

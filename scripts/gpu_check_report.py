@@ -56,6 +56,11 @@ for key in ('step_memory', 'step_compile'):
         md.append(f'\nbf16 Gram products (bf16 output): {x["bf16_products_ms"]:.2f} ms against float32 '
                   f'{x["float32_products_ms"]:.2f} ms; largest CKA error against float64 {x["bf16_max_error"]:.1e} '
                   f'(float32: {x["float32_max_error"]:.1e}).')
+    if r.get('calls'):
+        md += ['', '| path | kd aten calls | ckagroup aten calls | kd host reads | ckagroup host reads |',
+               '|---|---|---|---|---|']
+        md += [f'| {p} | {c["kd"]["aten_calls"]} | {c["ckagroup"]["aten_calls"]} | {c["kd"]["host_reads"]} | '
+               f'{c["ckagroup"]["host_reads"]} |' for p, c in r['calls'].items()]
     if r.get('precompute'):
         md.append(f'\nTeacher-group precompute (resnet32x4, 10 batches of 64): {r["precompute"]["seconds"]:.2f} s.')
 fe = report['fast_epoch']

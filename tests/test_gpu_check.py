@@ -24,7 +24,7 @@ def test_report_tables_hold_the_benchmark_figures(tmp_path):
     """The step benchmark's JSON (a tiny CPU run) goes into gpu_check.json and gpu_check.md as is."""
     bench = [sys.executable, os.path.join(ROOT, 'scripts', 'bench_ckagroup_step.py'), '--device', 'cpu',
              '--teacher', 'resnet8', '--student', 'resnet8', '--batch_size', '8', '--repeats', '2',
-             '--warmup', '1', '--runs', '1', '--parts', 'step', 'reduced', '--json', str(tmp_path / 'step_memory.json')]
+             '--warmup', '1', '--runs', '1', '--parts', 'step', 'reduced', 'calls', '--json', str(tmp_path / 'step_memory.json')]
     subprocess.run(bench, check=True, capture_output=True, timeout=300)
     (tmp_path / 'stages.tsv').write_text('cuda_tests\t0\t12\nstep_memory\t0\t30\nfast_epoch\t124\t110\n')
     subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'gpu_check_report.py'), str(tmp_path)],
@@ -40,6 +40,9 @@ def test_report_tables_hold_the_benchmark_figures(tmp_path):
         assert run['ratio'] == pytest.approx(run['ckagroup']['median_ms'] / run['kd']['median_ms'])
         assert f'| {path} | 1 | {run["kd"]["median_ms"]:.2f} | {run["ckagroup"]["median_ms"]:.2f} | ' \
                f'{run["ratio"]:.3f} | {run["floor"]["products_ms"]:.2f} | {run["floor"]["floor_ratio"]:.3f} |' in md
+        calls = bench_figures['calls'][path]
+        assert f'| {path} | {calls["kd"]["aten_calls"]} | {calls["ckagroup"]["aten_calls"]} | ' \
+               f'{calls["kd"]["host_reads"]} | {calls["ckagroup"]["host_reads"]} |' in md
         floor = run['floor']   # (kd + products) / kd, from the two measured times
         assert floor['floor_ratio'] == pytest.approx((run['kd']['median_ms'] + floor['products_ms'])
                                                      / run['kd']['median_ms'])
@@ -47,3 +50,27 @@ def test_report_tables_hold_the_benchmark_figures(tmp_path):
     reduced = bench_figures['reduced']
     assert reduced['float32_max_error'] < 1e-5 < reduced['bf16_max_error']   # the digits bf16 output loses
     assert f'largest CKA error against float64 {reduced["bf16_max_error"]:.1e}' in md
+
+
+def test_call_counter_counts_each_host_read_where_it_is_asked():
+    """bench_ckagroup_step's `calls` part: host reads counted by source line, against a step
+    whose reads are known by hand (two lines of this file, three reads), and nothing left patched."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('bench', os.path.join(ROOT, 'scripts', 'bench_ckagroup_step.py'))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    import torch
+    x = torch.arange(4.0)
+
+    def step():
+        values = x.add(1).tolist()
+        return values, bool(x.sum() > 0), float(x.max())
+
+    first = step.__code__.co_firstlineno
+    before = {name: getattr(torch.Tensor, name) for name in bench.HOST_READS}
+    counted = bench.count_calls(step)
+    here = os.path.basename(__file__)
+    assert counted['host_reads'] == 3
+    assert counted['host_reads_at'] == {f'{here}:{first + 1}': 1, f'{here}:{first + 2}': 2}
+    assert counted['aten_calls'] >= 4   # add, sum, gt, max at least
+    assert all(getattr(torch.Tensor, name) is method for name, method in before.items())
