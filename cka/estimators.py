@@ -508,5 +508,6 @@ class CKAAccumulator:
         return self._cross / b, self._self_x / b, self._self_y / b
 
     def matrix(self) -> torch.Tensor:
-        """The pooled CKA matrix (float64, on the updates' device); 0 where a layer was constant in every batch."""
+        """The pooled CKA matrix (float64, on the updates' device); 0 where a layer was constant in
+        every batch."""
         return _ratio(*self.hsic())

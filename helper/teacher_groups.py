@@ -71,9 +71,9 @@ def teacher_cka(teacher: nn.Module, kind: str, dataset, batches: int, batch_size
                 kernel: str, debiased: bool, seed: int, device) -> tuple:
     """Minibatch CKA of the teacher's `kind` layers on `batches` random batches of `dataset`.
 
-    Returns (pooled matrix, per-batch matrices) as numpy arrays, whatever the device. The batches are drawn at random
-    with a seeded generator: image folders are sorted by class, so their first batches would hold
-    a single class.
+    Returns (pooled matrix, per-batch matrices) as numpy arrays, whatever the device. The batches
+    are drawn at random with a seeded generator: image folders are sorted by class, so their first
+    batches would hold a single class.
     """
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,

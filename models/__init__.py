@@ -146,6 +146,6 @@ def layer_outputs(model: nn.Module, images: torch.Tensor, kind: str) -> List[tor
         return tap.outputs
 
 
-__all__ = ['model_dict', 'build_model', 'resolve_model_name', 'feature_shapes', 'FeatureTap', 'keep_tap', 'open_tap',
-           'LAYER_KINDS', 'layer_names', 'layer_outputs',
+__all__ = ['model_dict', 'build_model', 'resolve_model_name', 'feature_shapes',
+           'FeatureTap', 'keep_tap', 'open_tap', 'LAYER_KINDS', 'layer_names', 'layer_outputs',
            'IMAGENET_RESNET50', 'IMAGENET_MODELS', 'is_imagenet_dataset']
