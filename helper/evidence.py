@@ -216,7 +216,8 @@ class Instrument:
                   'train_images': final['train_images'], 'epochs': len(history),
                   'test_top1_full': final['top1'], 'test_images_full': final['images'],
                   'curve': [h['test/top1'] for h in history], 'plateau_gain': plateau([h['test/top1'] for h in history]),
-                  'seconds': time.time() - start, 'images_per_s': statistics.fmean(h['train/images_per_s'] for h in history)}
+                  'seconds': time.time() - start, 'images_per_s': statistics.fmean(h['train/images_per_s'] for h in history),
+                  'device': training_device()}
         write_json_atomic(record, record_path)
         return record
 
@@ -313,7 +314,7 @@ class Instrument:
                 'monitor_group_mean': history[-1].get('monitor/group_mean'),
                 'seconds': seconds, 'epoch_seconds': statistics.fmean(h['time'] for h in history),
                 'images_per_s': statistics.fmean(h['train/images_per_s'] for h in history),
-                'torch_cpu_capability': torch.backends.cpu.get_cpu_capability()}
+                'device': training_device(), 'torch_cpu_capability': torch.backends.cpu.get_cpu_capability()}
 
     def run(self, rows: Optional[Sequence[str]] = None) -> dict:
         teacher = self.teacher()
@@ -322,6 +323,11 @@ class Instrument:
             for row in rows or self.c.rows:
                 records.append(self.student(row, seed, teacher))
         return summarise(self.c, teacher, records, self.out)
+
+
+def training_device() -> str:
+    """What the runs trained on (train_*.py's --device auto): the GPU's name, else 'cpu'."""
+    return f'cuda ({torch.cuda.get_device_name(0)})' if torch.cuda.is_available() else 'cpu'
 
 
 def evaluate_checkpoint(path: str, dataset: str, data_folder: str, batch_size: int,
