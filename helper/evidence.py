@@ -208,6 +208,7 @@ class Instrument:
                     + (['--resume'] if run_dir else []))
         run_dir = self._run_folder(save_dir, 'teachers')
         history = _read_json(os.path.join(run_dir, 'metrics.json'))
+        curve = [h['test/top1'] for h in history]
         checkpoint = os.path.join(run_dir, 'ckpt_last.pth')
         final = evaluate_checkpoint(checkpoint, self.c.dataset, self.data_folder, self.c.batch_size,
                                     self.c.teacher.train_per_class)
@@ -215,7 +216,7 @@ class Instrument:
                   'digest': file_digest(checkpoint), 'model': self.c.teacher.model,
                   'train_images': final['train_images'], 'epochs': len(history),
                   'test_top1_full': final['top1'], 'test_images_full': final['images'],
-                  'curve': [h['test/top1'] for h in history], 'plateau_gain': plateau([h['test/top1'] for h in history]),
+                  'curve': curve, 'plateau_gain': plateau(curve),
                   'seconds': time.time() - start, 'images_per_s': statistics.fmean(h['train/images_per_s'] for h in history),
                   'device': training_device()}
         write_json_atomic(record, record_path)

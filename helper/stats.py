@@ -74,24 +74,31 @@ def paired_difference(row: Dict[int, float], baseline: Dict[int, float], confide
     return out
 
 
-def slope(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
-    """Least-squares slope of ys on xs, None below two points or when xs is constant."""
+def _co_moments(name: str, xs: Sequence[float], ys: Sequence[float], minimum: int) -> Optional[tuple]:
+    """Centred sums (sxx, syy, sxy) of paired values (equal lengths required); None below
+    `minimum` pairs."""
     if len(xs) != len(ys):
-        raise ValueError(f'slope needs equal lengths, got {len(xs)} and {len(ys)}')
-    if len(xs) < 2:
+        raise ValueError(f'{name} needs equal lengths, got {len(xs)} and {len(ys)}')
+    if len(xs) < minimum:
         return None
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    return None if sxx == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return (sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys),
+            sum((x - mx) * (y - my) for x, y in zip(xs, ys)))
+
+
+def slope(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
+    """Least-squares slope of ys on xs, None below two points or when xs is constant."""
+    moments = _co_moments('slope', xs, ys, 2)
+    if moments is None or moments[0] == 0:
+        return None
+    sxx, _, sxy = moments
+    return sxy / sxx
 
 
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
     """Pearson correlation, None below three points or when either side is constant."""
-    if len(xs) != len(ys):
-        raise ValueError(f'pearson needs equal lengths, got {len(xs)} and {len(ys)}')
-    if len(xs) < 3:
+    moments = _co_moments('pearson', xs, ys, 3)
+    if moments is None:
         return None
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    sxx, syy, sxy = moments
     return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
