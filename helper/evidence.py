@@ -218,7 +218,7 @@ class Instrument:
                   'test_top1_full': final['top1'], 'test_images_full': final['images'],
                   'curve': curve, 'plateau_gain': plateau(curve),
                   'seconds': time.time() - start, 'images_per_s': statistics.fmean(h['train/images_per_s'] for h in history),
-                  'device': training_device()}
+                  **training_environment()}
         write_json_atomic(record, record_path)
         return record
 
@@ -315,7 +315,7 @@ class Instrument:
                 'monitor_group_mean': history[-1].get('monitor/group_mean'),
                 'seconds': seconds, 'epoch_seconds': statistics.fmean(h['time'] for h in history),
                 'images_per_s': statistics.fmean(h['train/images_per_s'] for h in history),
-                'device': training_device(), 'torch_cpu_capability': torch.backends.cpu.get_cpu_capability()}
+                **training_environment()}
 
     def run(self, rows: Optional[Sequence[str]] = None) -> dict:
         teacher = self.teacher()
@@ -326,9 +326,12 @@ class Instrument:
         return summarise(self.c, teacher, records, self.out)
 
 
-def training_device() -> str:
-    """What the runs trained on (train_*.py's --device auto): the GPU's name, else 'cpu'."""
-    return f'cuda ({torch.cuda.get_device_name(0)})' if torch.cuda.is_available() else 'cpu'
+def training_environment() -> dict:
+    """What a run trained on (train_*.py's --device auto: the GPU's name, else 'cpu'), with the CPU
+    threads it had (runs train in this process) and the CPU capability: the rates depend on all three."""
+    device = f'cuda ({torch.cuda.get_device_name(0)})' if torch.cuda.is_available() else 'cpu'
+    return {'device': device, 'cpu_threads': torch.get_num_threads(),
+            'torch_cpu_capability': torch.backends.cpu.get_cpu_capability()}
 
 
 def evaluate_checkpoint(path: str, dataset: str, data_folder: str, batch_size: int,

@@ -145,15 +145,21 @@ TINY = evidence.Comparison(
 def test_end_to_end_runs_are_written_as_they_finish_then_reused_or_resumed(tmp_path, monkeypatch):
     results, work = str(tmp_path / 'results'), str(tmp_path / 'work')
     extra = ['--cka_batches', '2']
-    summary = evidence.Instrument(TINY, results, work, str(tmp_path), extra=extra).run()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the records must name the threads the runs trained with
+    try:
+        summary = evidence.Instrument(TINY, results, work, str(tmp_path), extra=extra).run()
+    finally:
+        torch.set_num_threads(threads)
     runs = os.path.join(results, 'tiny', 'runs')
     assert sorted(os.listdir(runs)) == sorted(f'{r}_seed{s}.json' for r in TINY.rows for s in TINY.seeds)
     teacher = json.load(open(os.path.join(results, 'tiny', 'teacher.json')))
-    assert teacher['train_images'] == 40 and teacher['epochs'] == 1
+    assert teacher['train_images'] == 40 and teacher['epochs'] == 1 and teacher['cpu_threads'] == 1
     for name in os.listdir(runs):
         record = json.load(open(os.path.join(runs, name)))
         assert _value(record['argv'], '--seed') == str(record['seed'])
         assert record['test_images_full'] == 1000 and record['train_images'] == 40
+        assert record['cpu_threads'] == 1
         if record['row'] == 'random_groups':
             assert record['teacher_split'] == 'random'
             assert record['teacher_groups'] == random_split(4, 2, record['seed'])  # resnet8: stem + 3 blocks
