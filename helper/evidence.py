@@ -319,11 +319,11 @@ class Instrument:
 
     def run(self, rows: Optional[Sequence[str]] = None) -> dict:
         teacher = self.teacher()
-        records = []
         for seed in self.c.seeds:  # seed-major: an early stop leaves complete pairs behind
             for row in rows or self.c.rows:
-                records.append(self.student(row, seed, teacher))
-        return summarise(self.c, teacher, records, self.out)
+                self.student(row, seed, teacher)
+        # every finished run of the comparison, also those that other processes ran (other seeds or rows)
+        return summarise(self.c, teacher, load_runs(self.out), self.out)
 
 
 def training_environment() -> dict:
@@ -366,6 +366,13 @@ def flow_cka(record: dict, teacher_groups: Optional[list]) -> Optional[float]:
     student_groups = even_split(len(matrix), len(teacher_groups))
     blocks = [statistics.fmean(matrix[i][j] for i in s for j in t) for s, t in zip(student_groups, teacher_groups)]
     return statistics.fmean(blocks)
+
+
+def load_runs(folder: str) -> List[dict]:
+    """The raw records under <folder>/runs, in file-name order."""
+    runs = os.path.join(folder, 'runs')
+    return [_read_json(os.path.join(runs, f)) for f in sorted(os.listdir(runs)) if f.endswith('.json')] \
+        if os.path.isdir(runs) else []
 
 
 def summarise(comparison: Comparison, teacher: dict, records: List[dict], out: str) -> dict:

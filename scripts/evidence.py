@@ -9,8 +9,10 @@
 row, writing each finished run's raw JSON to <results>/<comparison>/runs/ as it finishes, and the
 summary (summary.json, summary.md, curves.png, forest.png) at the end. Run it again after an
 interruption: finished runs are skipped, an interrupted one resumes from its last checkpoint.
-Budget overrides (--epochs, --seeds, --teacher_epochs, ...) are for smoke tests and need a
---results folder outside docs/results. Arguments after `--` go to every student run.
+Budget overrides (--epochs, --teacher_epochs, seeds beyond the declared ones, ...) are for smoke
+tests and need a --results folder outside docs/results. `--seeds` with some of the declared seeds
+splits a comparison over processes: start the second once teacher.json is written, give each other
+seeds; each summary covers every finished run on disk. Arguments after `--` go to every student run.
 """
 import argparse
 import json
@@ -58,7 +60,10 @@ def _comparison(args, name):
     overrides = {k: getattr(args, k, None) for k in BUDGET}
     if overrides['seeds'] is not None:
         overrides['seeds'] = tuple(overrides['seeds'])
-    overridden = {k: v for k, v in overrides.items() if v is not None}
+    declared = evidence.COMPARISONS[name].seeds
+    # a subset of the declared seeds splits the comparison over processes, not its budget
+    split = overrides['seeds'] is not None and set(overrides['seeds']) <= set(declared)
+    overridden = {k: v for k, v in overrides.items() if v is not None and not (k == 'seeds' and split)}
     if overridden and os.path.abspath(args.results).startswith(os.path.abspath(EVIDENCE_RESULTS)):
         raise ConfigError(f'budget overrides ({", ".join(overridden)}) make smoke results, not evidence; '
                           f'pass --results outside {EVIDENCE_RESULTS}')
@@ -68,12 +73,6 @@ def _comparison(args, name):
         if unknown:
             raise ConfigError(f'unknown rows {unknown} for {name}; choose from {", ".join(comparison.rows)}')
     return comparison
-
-
-def _load_runs(folder):
-    runs = os.path.join(folder, 'runs')
-    return [json.load(open(os.path.join(runs, f))) for f in sorted(os.listdir(runs)) if f.endswith('.json')] \
-        if os.path.isdir(runs) else []
 
 
 def main(argv=None) -> int:
@@ -98,11 +97,11 @@ def main(argv=None) -> int:
             comparison = evidence.COMPARISONS[args.comparison]
             folder = os.path.join(args.results, args.comparison)
             teacher = json.load(open(os.path.join(folder, 'teacher.json')))
-            evidence.summarise(comparison, teacher, _load_runs(folder), folder)
+            evidence.summarise(comparison, teacher, evidence.load_runs(folder), folder)
             print(open(os.path.join(folder, 'summary.md')).read())
         else:
             smoke = {'teacher': json.load(open(os.path.join(args.smoke, 'teacher.json'))),
-                     'runs': _load_runs(args.smoke)}
+                     'runs': evidence.load_runs(args.smoke)}
             student = smoke['runs'][0]['argv'][smoke['runs'][0]['argv'].index('--model_s') + 1] if smoke['runs'] else None
             for c in evidence.COMPARISONS.values():
                 if (c.teacher.model, c.student) != (smoke['teacher']['model'], student):

@@ -147,8 +147,10 @@ def test_end_to_end_runs_are_written_as_they_finish_then_reused_or_resumed(tmp_p
     extra = ['--cka_batches', '2']
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the records must name the threads the runs trained with
-    try:
-        summary = evidence.Instrument(TINY, results, work, str(tmp_path), extra=extra).run()
+    try:  # the seeds split over two processes, one after the other
+        first = evidence.Instrument(evidence.with_budget(TINY, seeds=(1,)), results, work, str(tmp_path), extra=extra).run()
+        summary = evidence.Instrument(evidence.with_budget(TINY, seeds=(0,)), results, work, str(tmp_path),
+                                      extra=extra).run()
     finally:
         torch.set_num_threads(threads)
     runs = os.path.join(results, 'tiny', 'runs')
@@ -163,6 +165,8 @@ def test_end_to_end_runs_are_written_as_they_finish_then_reused_or_resumed(tmp_p
         if record['row'] == 'random_groups':
             assert record['teacher_split'] == 'random'
             assert record['teacher_groups'] == random_split(4, 2, record['seed'])  # resnet8: stem + 3 blocks
+    assert first['rows']['ckagroup']['seeds'] == [1]
+    assert summary['rows']['ckagroup']['seeds'] == [0, 1]  # the other process's runs are summarised too
     assert summary['rows']['ckagroup']['vs']['kd']['n'] == 2
     # the reported number: the last checkpoint's own top-1 over the whole test set, counted here by hand
     record = json.load(open(os.path.join(runs, 'kd_seed0.json')))
@@ -214,5 +218,10 @@ def test_the_script_refuses_smoke_budgets_in_docs_results(capsys):
         sys.path.pop(0)
     assert script.main(['run', 'resnet56_resnet8', '--epochs', '2']) == 2
     assert 'smoke results, not evidence' in capsys.readouterr().err
+    assert script.main(['run', 'resnet56_resnet8', '--seeds', '4', '5']) == 2  # 5 is not declared (0-4)
+    assert 'budget overrides (seeds)' in capsys.readouterr().err
+    split = script._comparison(script.parser().parse_args(['run', 'resnet56_resnet8', '--seeds', '3', '1']),
+                               'resnet56_resnet8')
+    assert split.seeds == (3, 1) and split.epochs == evidence.COMPARISONS['resnet56_resnet8'].epochs
     assert script.main(['list']) == 0
     assert 'resnet56_resnet8: resnet56 -> resnet8, seeds [0, 1, 2, 3, 4]' in capsys.readouterr().out
