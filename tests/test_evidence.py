@@ -148,9 +148,8 @@ def test_end_to_end_runs_are_written_as_they_finish_then_reused_or_resumed(tmp_p
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the records must name the threads the runs trained with
     try:  # the seeds split over two processes, one after the other
-        first = evidence.Instrument(evidence.with_budget(TINY, seeds=(1,)), results, work, str(tmp_path), extra=extra).run()
-        summary = evidence.Instrument(evidence.with_budget(TINY, seeds=(0,)), results, work, str(tmp_path),
-                                      extra=extra).run()
+        first, summary = (evidence.Instrument(evidence.with_budget(TINY, seeds=(seed,)), results, work,
+                                              str(tmp_path), extra=extra).run() for seed in (1, 0))
     finally:
         torch.set_num_threads(threads)
     runs = os.path.join(results, 'tiny', 'runs')
