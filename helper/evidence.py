@@ -160,6 +160,17 @@ def final_slope(curve: Sequence[float], window: int = 5) -> Optional[float]:
     return stats.slope(range(window), curve[-window:])
 
 
+def pre_decay_slope(curve: Sequence[float], lr_decay_epochs: str, window: int = 5) -> Optional[float]:
+    """Least-squares slope, in points per epoch, of the `window` epochs up to the first learning
+    rate decay (epochs are 1-based; the rate drops after epoch `first`): about 0 when the curve had
+    levelled off at the initial rate, positive when the decay cut a rising curve short (the flat
+    end then says only that the rate became small). None when the curve does not reach the decay."""
+    first = min(int(e) for e in lr_decay_epochs.split(','))
+    if first < window or len(curve) < first or window < 2:
+        return None
+    return stats.slope(range(window), curve[first - window:first])
+
+
 class Instrument:
     """Runs one comparison into `<results>/<comparison.name>/`; `work` holds the run folders
     (checkpoints: kept out of docs/)."""
@@ -391,6 +402,7 @@ def summarise(comparison: Comparison, teacher: dict, records: List[dict], out: s
                      'vs': {b: stats.paired_difference(accuracy[row], accuracy[b]) for b in BASELINES
                             if b in accuracy and b != row},
                      'plateau_gain': plateau(mean_curve), 'final_slope': final_slope(mean_curve),
+                     'pre_decay_slope': pre_decay_slope(mean_curve, comparison.lr_decay_epochs),
                      'epoch_seconds': statistics.fmean(
                          r['epoch_seconds'] for r in runs.values()),
                      'flow_cka': statistics.fmean(flows) if flows else None,
@@ -399,7 +411,9 @@ def summarise(comparison: Comparison, teacher: dict, records: List[dict], out: s
     flow_rows = [r for r in rows if rows[r]['flow_cka'] is not None]
     summary = {'comparison': comparison.name, 'notes': comparison.notes, 'teacher': dict(
         {k: teacher[k] for k in ('model', 'epochs', 'train_images', 'test_top1_full', 'plateau_gain', 'seconds')},
-        final_slope=final_slope(teacher['curve']) if 'curve' in teacher else None),
+        final_slope=final_slope(teacher['curve']) if 'curve' in teacher else None,
+        pre_decay_slope=pre_decay_slope(teacher['curve'], comparison.teacher.lr_decay_epochs)
+        if 'curve' in teacher else None),
         'student': comparison.student, 'student_train_per_class': comparison.train_per_class,
         'epochs': comparison.epochs, 'rows': rows,
         'flow_vs_accuracy_pearson_over_rows': stats.pearson([rows[r]['flow_cka'] for r in flow_rows],
@@ -440,16 +454,17 @@ def markdown(comparison: Comparison, summary: dict) -> str:
              f'for {summary["epochs"]} epochs; top-1 on the full test set after the last epoch. Teacher: '
              f'{teacher["test_top1_full"]:.2f}% after {teacher["epochs"]} epochs on {teacher["train_images"]} images '
              f'(last-5 minus previous-5 epoch gain {_num(teacher["plateau_gain"])}, slope over the last 5 epochs '
-             f'{_num(teacher.get("final_slope"), 3)} points/epoch). '
+             f'{_num(teacher.get("final_slope"), 3)} points/epoch; over the 5 epochs before its first learning-rate '
+             f'decay {_num(teacher.get("pre_decay_slope"), 3)}). '
              'Differences are paired over seeds, with a 95% t-interval.',
              '',
              '| row | seeds | top-1 (mean ± std) | vs KD | vs ckagroup (CKA groups) | curve gain, last 5 epochs '
-             '| slope, last 5 epochs (points/epoch) | flow CKA |',
-             '|---|---|---|---|---|---|---|---|']
+             '| slope, last 5 epochs (points/epoch) | slope, 5 epochs before the first decay | flow CKA |',
+             '|---|---|---|---|---|---|---|---|---|']
     for row, r in summary['rows'].items():
         lines.append(f'| {row} | {len(r["seeds"])} | {_pm(r["top1"])} | {_diff(r["vs"].get("kd"))} | '
                      f'{_diff(r["vs"].get("ckagroup"))} | {_num(r["plateau_gain"])} | {_num(r.get("final_slope"), 3)} | '
-                     f'{_num(r["flow_cka"], 3)} |')
+                     f'{_num(r.get("pre_decay_slope"), 3)} | {_num(r["flow_cka"], 3)} |')
     lines += ['', f'Pearson r of flow CKA and top-1 over rows: {_num(summary["flow_vs_accuracy_pearson_over_rows"], 3)}', '']
     return '\n'.join(lines)
 

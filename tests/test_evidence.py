@@ -71,6 +71,10 @@ def test_plateau_and_flow_cka_by_hand():
     assert evidence.final_slope([9, 1, 3, 2], window=3) == pytest.approx(0.5)
     assert evidence.final_slope([5.0] * 6) == pytest.approx(0.0)
     assert evidence.final_slope([1, 2], window=3) is None
+    # first decay after epoch 4: epochs 2-4 hold 1, 3, 2 -> slope 0.5 as above; the flat end after it is ignored
+    assert evidence.pre_decay_slope([9, 1, 3, 2, 7, 7, 7], '4,6', window=3) == pytest.approx(0.5)
+    assert evidence.pre_decay_slope([0, 1, 2, 3, 4, 5], '6,5', window=2) == pytest.approx(1.0)  # epochs 4-5
+    assert evidence.pre_decay_slope([1, 2, 3], '5', window=3) is None  # the curve stops before the decay
     record = {'monitor_matrix': [[0.9, 0.5, 0.1], [0.2, 0.6, 0.8], [0.0, 0.3, 0.4]]}
     # student layers split evenly in two: [0, 1] and [2]; CKA groups [0, 1] and [2]:
     # mean(0.9, 0.5, 0.2, 0.6) = 0.55 and 0.4 -> 0.475
