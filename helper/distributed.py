@@ -252,10 +252,15 @@ def spawn(fn: Callable, nprocs: int, args: tuple = (), poll_s: float = 0.1) -> d
             reports.setdefault(index, (kind, payload))
 
     try:
-        while failed is None and any(p.exitcode is None for p in processes):
-            multiprocessing.connection.wait([p.sentinel for p in processes if p.exitcode is None], poll_s)
+        while True:
+            running = [p.sentinel for p in processes if p.exitcode is None]
+            if running:
+                multiprocessing.connection.wait(running, poll_s)
             drain()
+            # checked after the last rank is seen gone too: a rank may exit between two looks
             failed = [i for i, p in enumerate(processes) if p.exitcode not in (None, 0)] or None
+            if failed is not None or not running:
+                break
     finally:
         survivors = [p for p in processes if p.exitcode is None]
         for process in survivors:

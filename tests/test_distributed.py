@@ -369,6 +369,58 @@ def test_ranks_that_disagree_stop_with_one_line(tmp_path):
     assert message.startswith('ranks disagree on --seed: rank 0 has 0, rank 1 has 1') and '\n' not in message
 
 
+class _ScriptedRank:
+    """A spawned rank as spawn() sees it: it has reported a ConfigError and exits with status 2 at
+    the parent's `exit_on_read`-th look at its exit code."""
+
+    def __init__(self, exit_on_read):
+        self.reads, self.exit_on_read, self.sentinel = 0, exit_on_read, None
+
+    @property
+    def exitcode(self):
+        self.reads += 1
+        return 2 if self.reads >= self.exit_on_read else None
+
+    def start(self):
+        pass
+
+    def terminate(self):
+        self.exit_on_read = 0
+
+    join = kill = start
+
+
+class _ReportQueue:
+    def __init__(self, reports):
+        self.reports = list(reports)
+
+    def empty(self):
+        return not self.reports
+
+    def get(self):
+        return self.reports.pop(0)
+
+
+@pytest.mark.parametrize('exit_on_read', range(1, 9))
+def test_a_rank_that_exits_between_two_looks_is_still_reported(monkeypatch, exit_on_read):
+    # A rank can exit while the parent is between its failure check and its loop test; the error
+    # it reported must still be raised, whichever look first sees it gone (under load this
+    # surfaced as "rank 0 ended without a result").
+    message = 'ranks disagree on --seed: rank 0 has 0, rank 1 has 1'
+
+    class Context:
+        def SimpleQueue(self):
+            return _ReportQueue([('error', 0, message)])
+
+        def Process(self, **kwargs):
+            return _ScriptedRank(exit_on_read)
+
+    monkeypatch.setattr(distributed.multiprocessing, 'get_context', lambda method: Context())
+    monkeypatch.setattr(distributed.multiprocessing.connection, 'wait', lambda objects, timeout: [])
+    with pytest.raises(ConfigError, match='^ranks disagree on --seed'):
+        distributed.spawn(_mismatch_worker, 1)
+
+
 def test_a_rank_that_never_arrives_times_out(tmp_path):
     url = _store(tmp_path)
     with pytest.raises(ConfigError, match='timed out after 2 s.*--dist_timeout'):
