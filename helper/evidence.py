@@ -165,7 +165,8 @@ def pre_decay_slope(curve: Sequence[float], lr_decay_epochs: str, window: int = 
     rate decay (epochs are 1-based; the rate drops after epoch `first`): about 0 when the curve had
     levelled off at the initial rate, positive when the decay cut a rising curve short (the flat
     end then says only that the rate became small). None when the curve does not reach the decay."""
-    first = min(int(e) for e in lr_decay_epochs.split(','))
+    from helper.options import decay_epochs
+    first = min(decay_epochs(lr_decay_epochs))
     if first < window or len(curve) < first or window < 2:
         return None
     return stats.slope(range(window), curve[first - window:first])

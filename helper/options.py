@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import zlib
+from typing import List
 
 from dataset import DATASET_NAMES
 from distiller_zoo import distiller_class, distiller_names
@@ -120,8 +121,13 @@ def student_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def decay_epochs(text) -> List[int]:
+    """--lr_decay_epochs as the epochs after which the learning rate drops ('150,180,210')."""
+    return [int(e) for e in str(text).split(',') if e.strip()]
+
+
 def _finish(opt: argparse.Namespace) -> argparse.Namespace:
-    opt.lr_decay_epochs = [int(e) for e in str(opt.lr_decay_epochs).split(',') if e.strip()]
+    opt.lr_decay_epochs = decay_epochs(opt.lr_decay_epochs)
     if opt.gpu_id is not None:
         os.environ['CUDA_VISIBLE_DEVICES'] = opt.gpu_id
     if opt.nproc is not None and opt.nproc < 1:
