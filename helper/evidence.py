@@ -52,6 +52,8 @@ SENSITIVITY_ROWS = {
     'n_2': _ckagroup(BETA, 2),
     'n_3': _ckagroup(BETA, 3),
 }
+# KD, the method and its strongest null of the first pair
+LONG_ROWS = {row: PAIR_ROWS[row] for row in ('kd', 'ckagroup', 'even_groups')}
 # the rows every paired difference is taken against
 BASELINES = ('kd', 'ckagroup')
 # methods whose prediction is the student's own output (the final evaluation loads the student alone)
@@ -106,6 +108,11 @@ COMPARISONS = {c.name: c for c in (
                notes='cross-family pair: 16 block-level layers vs 18, n = 4'),
     Comparison('resnet56_resnet8_sensitivity', RESNET56, 'resnet8', SENSITIVITY_ROWS, seeds=(0, 1, 2),
                notes='beta in {1, 5, 20} at n = 4; n in {2, 3, 4} at beta = 5'),
+    # The first pair's students were still rising before their first decay: the same schedule
+    # stretched to twice the epochs tells whether its differences survive a longer budget.
+    Comparison('resnet56_resnet8_long', RESNET56, 'resnet8', LONG_ROWS, seeds=(0, 1, 2),
+               epochs=60, lr_decay_epochs='40,50',
+               notes='the first pair at twice the student schedule (60 epochs, decays at 40 and 50)'),
 )}
 
 

@@ -24,7 +24,8 @@ def _value(argv, flag):
 def test_the_declared_comparisons_are_those_of_issue_17():
     pairs = {name: (c.teacher.model, c.student) for name, c in evidence.COMPARISONS.items()}
     assert pairs == {'resnet56_resnet8': ('resnet56', 'resnet8'), 'resnet32_mobilenetv2': ('resnet32', 'MobileNetV2'),
-                     'resnet56_resnet8_sensitivity': ('resnet56', 'resnet8')}
+                     'resnet56_resnet8_sensitivity': ('resnet56', 'resnet8'),
+                     'resnet56_resnet8_long': ('resnet56', 'resnet8')}
     for name in ('resnet56_resnet8', 'resnet32_mobilenetv2'):
         c = evidence.COMPARISONS[name]
         assert set(c.rows) == {'kd', 'ckagroup', 'even_groups', 'random_groups', 'one_group'}
@@ -39,6 +40,12 @@ def test_the_declared_comparisons_are_those_of_issue_17():
     betas = {_value(a, '-b') for a in ckagroup_rows if _value(a, '--cka_groups') == '4'}
     ns = {_value(a, '--cka_groups') for a in ckagroup_rows if _value(a, '-b') == '5'}
     assert betas == {'1', '5', '20'} and ns == {'2', '3', '4'}
+    # the longer-schedule check: the first pair's rows and schedule shape (decays at 2/3 and 5/6 of the
+    # epochs) stretched to twice the epochs
+    first, long = evidence.COMPARISONS['resnet56_resnet8'], evidence.COMPARISONS['resnet56_resnet8_long']
+    assert (long.epochs, long.lr_decay_epochs) == (60, '40,50') and (first.epochs, first.lr_decay_epochs) == (30, '20,25')
+    assert {r: long.rows[r] for r in long.rows} == {r: first.rows[r] for r in ('kd', 'ckagroup', 'even_groups')}
+    assert long.teacher == first.teacher and len(long.seeds) == 3
 
 
 @pytest.mark.parametrize('name', list(evidence.COMPARISONS))
