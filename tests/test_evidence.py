@@ -44,7 +44,7 @@ def test_the_declared_comparisons_are_those_of_issue_17():
     # epochs) stretched to twice the epochs
     first, long = evidence.COMPARISONS['resnet56_resnet8'], evidence.COMPARISONS['resnet56_resnet8_long']
     assert (long.epochs, long.lr_decay_epochs) == (60, '40,50') and (first.epochs, first.lr_decay_epochs) == (30, '20,25')
-    assert {r: long.rows[r] for r in long.rows} == {r: first.rows[r] for r in ('kd', 'ckagroup', 'even_groups')}
+    assert dict(long.rows) == {r: first.rows[r] for r in ('kd', 'ckagroup', 'even_groups')}
     assert long.teacher == first.teacher and len(long.seeds) == 3
 
 
