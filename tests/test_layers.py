@@ -6,6 +6,8 @@ exceptions; every package with Python files has a row, and the rows allow no imp
 import ast
 import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -46,8 +48,26 @@ def _package(entry: str) -> str:
     return entry.rstrip('/').removesuffix('.py')
 
 
+def _git_files(root: str):
+    """Paths of the files git tracks or would add (what a commit takes) when root is a checkout's
+    top folder, else None."""
+    if shutil.which('git') is None:
+        return None
+    top = subprocess.run(['git', '-C', root, 'rev-parse', '--show-toplevel'], capture_output=True, text=True)
+    if top.returncode != 0 or not os.path.samefile(top.stdout.strip(), root):
+        return None
+    listed = subprocess.run(['git', '-C', root, 'ls-files', '--cached', '--others', '--exclude-standard'],
+                            capture_output=True, text=True, check=True)
+    return sorted(set(listed.stdout.splitlines()))
+
+
 def python_files(root: str) -> list:
-    """Repository-relative paths of the project's Python files (hidden folders excluded)."""
+    """Repository-relative paths of the project's Python files: in a git checkout those git holds
+    or would add (scratch scripts in ignored folders such as local/ are nobody's package),
+    elsewhere every one outside hidden folders."""
+    in_git = _git_files(root)
+    if in_git is not None:
+        return [os.path.normpath(f) for f in in_git if f.endswith('.py') and os.path.isfile(os.path.join(root, f))]
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith('.') and d != '__pycache__')
@@ -145,6 +165,21 @@ def test_the_checker_finds_a_layer_violation(tmp_path):
         'extra: has Python files but no row in the table',
         f'{os.path.join("low", "__init__.py")} imports mid, which the row of low does not allow']
     assert import_cycle({'a': {'b'}, 'b': {'a'}}) == ['a', 'b', 'a']
+
+
+@pytest.mark.skipif(shutil.which('git') is None, reason='needs git')
+def test_in_a_git_checkout_the_project_is_what_git_would_hold(tmp_path):
+    """A scratch script in a git-ignored folder (local/, save/) is nobody's package; an untracked
+    file that is not ignored is the project's, as a commit would take it."""
+    subprocess.run(['git', 'init', '-q', str(tmp_path)], check=True)
+    (tmp_path / '.gitignore').write_text('scratch/\n')
+    for folder in ('scratch', 'low'):
+        (tmp_path / folder).mkdir()
+    (tmp_path / 'scratch' / 'notes.py').write_text('import low\n')
+    (tmp_path / 'low' / '__init__.py').write_text('')
+    (tmp_path / 'run.py').write_text('import low\n')
+    subprocess.run(['git', '-C', str(tmp_path), 'add', 'run.py'], check=True)
+    assert python_files(str(tmp_path)) == [os.path.join('low', '__init__.py'), 'run.py']
 
 
 def test_a_per_file_row_is_refused():
