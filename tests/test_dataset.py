@@ -1,6 +1,8 @@
 """Tests for dataset/: CPU only, no network, every file they read is written here."""
 
+import gzip
 import hashlib
+import io
 import os
 import pickle
 import struct
@@ -19,6 +21,7 @@ from torchvision import datasets as tvd
 
 import dataset
 from dataset import (ContrastiveDataset, DatasetUnavailableError, IndexedDataset, build_datasets, net)
+from dataset import fashionmnist
 from dataset import synthetic as syn
 
 
@@ -223,30 +226,63 @@ def test_folder_missing_or_bad_layout(tmp_path):
 
 # ---------------------------------------------------------------- Fashion-MNIST
 
-def _write_idx(path, arr, labels=False):
+def _idx_bytes(arr, labels=False):
     arr = np.asarray(arr, dtype=np.uint8)
+    header = struct.pack(">II", 2049, len(arr)) if labels else struct.pack(">IIII", 2051, *arr.shape)
+    return header + arr.tobytes()
+
+
+def _write_idx(path, arr, labels=False):
     with open(path, "wb") as f:
-        if labels:
-            f.write(struct.pack(">II", 2049, len(arr)))
-        else:
-            f.write(struct.pack(">IIII", 2051, *arr.shape))
-        f.write(arr.tobytes())
+        f.write(_idx_bytes(arr, labels))
 
 
-def test_fashionmnist_from_raw_layout(tmp_path):
-    raw = tmp_path / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    xtr, ytr = rng.integers(1, 256, (20, 28, 28)), np.arange(20) % 10
-    xte, yte = rng.integers(1, 256, (10, 28, 28)), np.arange(10)[::-1]
-    _write_idx(raw / "train-images-idx3-ubyte", xtr)
-    _write_idx(raw / "train-labels-idx1-ubyte", ytr, labels=True)
-    _write_idx(raw / "t10k-images-idx3-ubyte", xte)
-    _write_idx(raw / "t10k-labels-idx1-ubyte", yte, labels=True)
+def _fashion_arrays(seed=2):
+    """A tiny Fashion-MNIST: idx file name -> array (20 training, 10 test images)."""
+    rng = np.random.default_rng(seed)
+    return {"train-images-idx3-ubyte": rng.integers(1, 256, (20, 28, 28)),
+            "train-labels-idx1-ubyte": np.arange(20) % 10,
+            "t10k-images-idx3-ubyte": rng.integers(1, 256, (10, 28, 28)),
+            "t10k-labels-idx1-ubyte": (np.arange(10) * 3) % 10}
+
+
+def _write_fashion(folder, arrays, compress=None):
+    """The idx files of `arrays` in `folder`, uncompressed or as `<name>.gz` compressed by
+    `compress(bytes)`; returns {name: md5 of the uncompressed bytes written}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    md5 = {}
+    for name, arr in arrays.items():
+        plain = folder / name
+        _write_idx(plain, arr, labels="labels" in name)
+        content = plain.read_bytes()
+        md5[name] = hashlib.md5(content).hexdigest()
+        if compress is not None:
+            (folder / f"{name}.gz").write_bytes(compress(content))
+            plain.unlink()
+    return md5
+
+
+def _content_table(monkeypatch, md5, arrays):
+    """The test's files as the published content: their md5 and counts in the content table."""
+    monkeypatch.setattr(fashionmnist, "PUBLISHED", {name: (md5[name], len(arrays[name])) for name in arrays})
+
+
+def _tree(root):
+    """Every path under `root` with the md5 of its bytes (files) or None (folders)."""
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
+def test_fashionmnist_from_raw_layout(tmp_path, monkeypatch):
+    arrays = _fashion_arrays(seed=1)
+    md5 = _write_fashion(tmp_path / "FashionMNIST" / "raw", arrays)
+    _content_table(monkeypatch, md5, arrays)
     b = build_datasets("fashionmnist", str(tmp_path), download=False, augment=False)
+    xtr = arrays["train-images-idx3-ubyte"]
     assert b.num_classes == 10 and b.image_size == 32
     assert b.train.data.shape == (20, 32, 32, 3) and b.train.data.dtype == np.uint8
-    assert b.train.targets == ytr.tolist() and b.val.targets == yte.tolist()
+    assert b.train.targets == arrays["train-labels-idx1-ubyte"].tolist()
+    assert b.val.targets == arrays["t10k-labels-idx1-ubyte"].tolist()
     np.testing.assert_array_equal(b.train.data[:, 2:30, 2:30, 1], xtr)
     assert b.train.data[:, :2].max() == 0 and b.train.data[:, :, 30:].max() == 0
     img, _ = b.val[0]
@@ -395,47 +431,124 @@ def test_contrastive_on_folder_subset(tmp_path):
 
 # ---------------------------------------------------------------- published archives, offline
 
-def _fashion_gz(folder, seed=2):
-    """The four published-name .gz idx files of a tiny Fashion-MNIST in `folder`; returns the arrays."""
-    import gzip
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (20, 28, 28)),
-              "train-labels-idx1-ubyte": np.arange(20) % 10,
-              "t10k-images-idx3-ubyte": rng.integers(0, 256, (10, 28, 28)),
-              "t10k-labels-idx1-ubyte": (np.arange(10) * 3) % 10}
-    for name, arr in arrays.items():
-        plain = folder / f"{name}.plain"
-        _write_idx(plain, arr, labels="labels" in name)
-        with gzip.open(folder / f"{name}.gz", "wb") as f:
-            f.write(plain.read_bytes())
-        plain.unlink()
-    return arrays
+def _published_gz(content):
+    """A stand-in for the published .gz: level 6 with a file name and time in its header."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile("published", "wb", compresslevel=6, fileobj=buffer, mtime=1_500_000_000) as f:
+        f.write(content)
+    return buffer.getvalue()
 
 
-def _md5(path):
-    return hashlib.md5(open(path, "rb").read()).hexdigest()
+def _recompressed(content):
+    """What a packager's `gzip -9` of the decompressed file gives: other .gz bytes, same content."""
+    return gzip.compress(content, compresslevel=9, mtime=0)
 
 
 @pytest.mark.parametrize("where", ["FashionMNIST/raw", "."])
-def test_fashionmnist_published_gz_files_load_offline(tmp_path, offline, monkeypatch, where):
-    """The .gz files as published, in torchvision's raw/ or in --data_folder itself (Debian's layout)."""
-    folder = tmp_path / where
-    arrays = _fashion_gz(folder)
-    # not the published bytes: refused as corrupt, in one line, without a download attempt
-    with pytest.raises(DatasetUnavailableError) as e:
-        build_datasets("fashionmnist", str(tmp_path), download=True)
-    assert _one_line(str(e.value)) and "corrupt" in str(e.value) and "train-images-idx3-ubyte.gz" in str(e.value)
-    # the same files with their own md5 as the published one: decompressed and read, offline
-    monkeypatch.setattr(tvd.FashionMNIST, "resources",
-                        [(f"{name}.gz", _md5(folder / f"{name}.gz")) for name in arrays])
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    b = build_datasets("fashionmnist", str(tmp_path), download=True, augment=False)
+@pytest.mark.parametrize("compress", [_recompressed, None], ids=["gzip-9", "uncompressed"])
+def test_fashionmnist_published_content_loads_silently_offline(tmp_path, offline, monkeypatch, where, compress):
+    """The published content, re-compressed by another gzip or not compressed, in torchvision's
+    raw/ or in --data_folder itself (Debian's layout): read offline, without a warning, nothing written."""
+    arrays = _fashion_arrays()
+    md5 = _write_fashion(tmp_path / where, arrays, compress)
+    if compress is not None:  # the .gz bytes differ from the "published" .gz: only the content matches
+        for name in arrays:
+            content = gzip.decompress((tmp_path / where / f"{name}.gz").read_bytes())
+            assert _published_gz(content) != (tmp_path / where / f"{name}.gz").read_bytes()
+    _content_table(monkeypatch, md5, arrays)
+    before = _tree(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = build_datasets("fashionmnist", str(tmp_path), download=True, augment=False)
     assert b.train.targets == arrays["train-labels-idx1-ubyte"].tolist()
     assert b.val.targets == arrays["t10k-labels-idx1-ubyte"].tolist()
     np.testing.assert_array_equal(b.train.data[:, 2:30, 2:30, 0], arrays["train-images-idx3-ubyte"])
     np.testing.assert_array_equal(b.val.data[:, 2:30, 2:30, 2], arrays["t10k-images-idx3-ubyte"])
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written there
+    assert _tree(tmp_path) == before  # nothing written there
+
+
+def test_fashionmnist_published_md5_table():
+    """The content table holds the md5 sums of the published files' decompressed content."""
+    assert {name: md5 for name, (md5, _) in fashionmnist.PUBLISHED.items()} == {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"}
+    assert [count for _, count in fashionmnist.PUBLISHED.values()] == [60000, 60000, 10000, 10000]
+
+
+@pytest.mark.parametrize("where", ["FashionMNIST/raw", "."])
+def test_fashionmnist_other_content_loads_with_one_line_warning(tmp_path, offline, monkeypatch, where):
+    arrays = _fashion_arrays()
+    _write_fashion(tmp_path / where, arrays, _recompressed)
+    published = {name: hashlib.md5(_idx_bytes(arr, "labels" in name)).hexdigest()
+                 for name, arr in _fashion_arrays(seed=5).items()}
+    _content_table(monkeypatch, published, arrays)
+    with pytest.warns(UserWarning) as record:
+        b = build_datasets("fashionmnist", str(tmp_path), download=False, augment=False)
+    messages = [str(w.message) for w in record if "Fashion-MNIST" in str(w.message)]
+    assert len(messages) == 2 and all(_one_line(m) and "published content" in m for m in messages)
+    assert "train-images-idx3-ubyte.gz" in messages[0] and "t10k-images-idx3-ubyte.gz" in messages[1]
+    assert b.train.targets == arrays["train-labels-idx1-ubyte"].tolist()
+    np.testing.assert_array_equal(b.val.data[:, 2:30, 2:30, 1], arrays["t10k-images-idx3-ubyte"])
+
+
+def _truncate_gz(folder, name):
+    path = folder / f"{name}.gz"
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+
+
+def _truncate_plain(folder, name):
+    path = folder / f"{name}.gz"
+    content = gzip.decompress(path.read_bytes())
+    path.unlink()
+    (folder / name).write_bytes(content[:-100])
+
+
+def _bad_magic(folder, name):
+    path = folder / f"{name}.gz"
+    content = gzip.decompress(path.read_bytes())
+    path.write_bytes(_recompressed(struct.pack(">I", 2049) + content[4:]))
+
+
+def _not_gzip_nor_idx(folder, name):
+    (folder / f"{name}.gz").unlink()
+    (folder / name).write_bytes(b"<html>404 Not Found</html>\n" * 10)
+
+
+def _wrong_count(folder, name):
+    (folder / f"{name}.gz").write_bytes(_recompressed(struct.pack(">IIII", 2051, 19, 28, 28) + bytes(19 * 784)))
+
+
+def _label_out_of_range(folder, name):
+    (folder / f"{name}.gz").write_bytes(
+        _recompressed(struct.pack(">II", 2049, 20) + bytes([3] * 19 + [10])))
+
+
+@pytest.mark.parametrize("damage, name, check", [
+    (_truncate_gz, "train-images-idx3-ubyte", "damaged gzip stream"),
+    (_truncate_plain, "t10k-images-idx3-ubyte", "truncated"),
+    (_bad_magic, "train-images-idx3-ubyte", "bad magic number 2049"),
+    (_not_gzip_nor_idx, "train-labels-idx1-ubyte", "neither gzip nor"),
+    (_wrong_count, "train-images-idx3-ubyte", "wrong count: 19"),
+    (_label_out_of_range, "train-labels-idx1-ubyte", "label 10 out of 0-9"),
+], ids=["truncated-gz", "truncated-idx", "bad-magic", "not-gzip-nor-idx", "wrong-count", "label-range"])
+def test_fashionmnist_malformed_file_stops_with_one_line(tmp_path, offline, monkeypatch, damage, name, check):
+    arrays = _fashion_arrays()
+    md5 = _write_fashion(tmp_path, arrays, _recompressed)
+    _content_table(monkeypatch, md5, arrays)
+    damage(tmp_path, name)
+    before = _tree(tmp_path)
+    with pytest.raises(DatasetUnavailableError) as e:
+        build_datasets("fashionmnist", str(tmp_path), download=True)
+    message = str(e.value)
+    assert _one_line(message) and check in message and "--data_folder" in message
+    assert f"'{tmp_path / name}" in message  # names the file (with or without .gz)
+    assert _tree(tmp_path) == before
+
+
+def _md5(path):
+    return hashlib.md5(open(path, "rb").read()).hexdigest()
 
 
 def _cifar_archive(tmp_path, kind):
