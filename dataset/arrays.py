@@ -64,10 +64,12 @@ def subset(dataset, indices: Sequence[int]):
     return LabeledSubset(dataset, indices)
 
 
-def class_balanced_indices(targets: Sequence[int], per_class: int, num_classes: Optional[int] = None):
-    """Indices of the first ``per_class`` samples of every class, in data-set order.
+def class_balanced_indices(targets: Sequence[int], per_class: int, num_classes: Optional[int] = None,
+                           skip: int = 0):
+    """Indices of the first ``per_class`` samples of every class after its first ``skip``, in
+    data-set order (``skip``: a held-out split that follows a training subset).
 
-    Deterministic. Raises ``ValueError`` when a class has fewer than ``per_class`` samples.
+    Deterministic. Raises ``ValueError`` when a class has fewer than ``skip + per_class`` samples.
     """
     if per_class is None or int(per_class) < 1:
         raise ValueError(f"a per-class count must be a positive integer, got {per_class!r}")
@@ -75,10 +77,12 @@ def class_balanced_indices(targets: Sequence[int], per_class: int, num_classes: 
     targets = [int(t) for t in targets]
     if num_classes is None:
         num_classes = max(targets) + 1 if targets else 0
+    seen = [0] * num_classes
     counts = [0] * num_classes
     chosen = []
     for i, t in enumerate(targets):
-        if counts[t] < per_class:
+        seen[t] += 1
+        if seen[t] > skip and counts[t] < per_class:
             counts[t] += 1
             chosen.append(i)
     short = [c for c in range(num_classes) if counts[c] < per_class]

@@ -1,6 +1,8 @@
 """``build_datasets``: one entry point for every supported data set."""
 
+import copy
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
@@ -60,8 +62,8 @@ def _folder_bundle(name, root, augment, mean=None, std=None, style=None, val_nam
 
 
 def build_datasets(name: str, data_folder: Optional[str] = None, *, train_per_class: Optional[int] = None,
-                   val_per_class: Optional[int] = None, download: bool = True,
-                   augment: bool = True) -> DataBundle:
+                   val_per_class: Optional[int] = None, val_split_per_class: Optional[int] = None,
+                   download: bool = True, augment: bool = True) -> DataBundle:
     """Build the training and validation sets of data set ``name`` (see ``DATASET_NAMES``).
 
     * ``cifar10`` / ``cifar100``: torchvision layout under ``data_folder`` (default
@@ -82,8 +84,18 @@ def build_datasets(name: str, data_folder: Optional[str] = None, *, train_per_cl
 
     ``train_per_class=N`` keeps the first N training samples of every class (data-set
     order); ``val_per_class=N`` does the same for the validation set. ``augment=False`` gives the training set the evaluation transform.
+    ``val_split_per_class=N`` (needs ``train_per_class``, excludes ``val_per_class``): the
+    validation set is held out from the training images instead of the test set, the N images of
+    each class that follow its first ``train_per_class``, with the evaluation transform; so
+    per-epoch curves never touch the test set.
     Missing data raises :class:`DatasetUnavailableError` (one line, names --data_folder).
     """
+    if val_split_per_class is not None:
+        if train_per_class is None:
+            raise ValueError("--val_split_per_class holds images out of the training subset's class; "
+                             "give --train_per_class too")
+        if val_per_class is not None:
+            raise ValueError("--val_split_per_class and --val_per_class both choose the validation set; give one")
     key = str(name).lower()
     if key not in DATASET_NAMES:
         raise ValueError(f"unknown data set {name!r}; choose from {', '.join(DATASET_NAMES)}")
@@ -119,6 +131,8 @@ def build_datasets(name: str, data_folder: Optional[str] = None, *, train_per_cl
                 "data set 'folder' needs --data_folder pointing at a folder with train/<class>/ and val/<class>/")
         bundle = _folder_bundle(key, root, augment, title="image folder")
 
+    if val_split_per_class is not None:
+        bundle.val = _held_out_split(bundle, train_per_class, val_split_per_class)
     if train_per_class is not None:
         idx = class_balanced_indices(bundle.train.targets, train_per_class, bundle.num_classes)
         bundle.train = subset(bundle.train, idx)
@@ -126,3 +140,16 @@ def build_datasets(name: str, data_folder: Optional[str] = None, *, train_per_cl
         idx = class_balanced_indices(bundle.val.targets, val_per_class, bundle.num_classes)
         bundle.val = subset(bundle.val, idx)
     return bundle
+
+
+def _held_out_split(bundle: DataBundle, train_per_class: int, per_class: int):
+    """The `per_class` training images of each class after its first `train_per_class`, with the
+    validation set's (unaugmented) transform."""
+    smallest = min(Counter(int(t) for t in bundle.train.targets).values())
+    if train_per_class + per_class > smallest:
+        raise ValueError(f"--train_per_class {train_per_class} + --val_split_per_class {per_class} exceeds the "
+                         f"{smallest} training images of the smallest class; lower one of them")
+    unaugmented = copy.copy(bundle.train)  # shares the images; only the transform differs
+    unaugmented.transform = bundle.val.transform
+    idx = class_balanced_indices(bundle.train.targets, per_class, bundle.num_classes, skip=train_per_class)
+    return subset(unaugmented, idx)

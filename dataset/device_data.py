@@ -14,7 +14,7 @@ device.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -59,17 +59,20 @@ class DeviceImageLoader:
     otherwise in order, unaugmented. `sampler`: an index sampler (e.g. a DistributedSampler) to
     take the order from instead. `channels_last`: images come in that memory format (free: the
     gather produces it). Like a DataLoader: `len()` batches, the last one possibly short.
+    `batch_extras(index, generator)`: what a data set wrapper adds to each sample (CRD's index and
+    contrast indices), drawn for the batch's sample indices from the loader's generator and
+    yielded after the targets.
     """
 
     def __init__(self, images: np.ndarray, targets: Sequence[int], mean, std, batch_size: int,
                  device, *, train: bool, generator: Optional[torch.Generator] = None, sampler=None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, batch_extras: Optional[Callable] = None):
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f'expected uint8 N x H x W x 3 images, got {images.dtype} {images.shape}')
         self.device, self.batch_size, self.train = torch.device(device), int(batch_size), train
         self.generator = generator if generator is not None else torch.Generator()
-        self.sampler, self.channels_last = sampler, channels_last
+        self.sampler, self.channels_last, self.batch_extras = sampler, channels_last, batch_extras
         self.size = images.shape[1:3]
         self.padding = max(1, min(self.size) // 8) if train else 0
         data = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
@@ -102,7 +105,7 @@ class DeviceImageLoader:
             offsets = torch.randint(0, 2 * self.padding + 1, (count, 2), generator=self.generator)
             flips = torch.rand(count, generator=self.generator) < 0.5
             offsets, flips = offsets.to(self.device), flips.to(self.device)
-        order = order.to(self.device)
+        cpu_order, order = order, order.to(self.device)
         for start in range(0, count, self.batch_size):
             index = order[start:start + self.batch_size]
             if self.train:
@@ -110,7 +113,11 @@ class DeviceImageLoader:
                 images = self._augmented(index, offsets[part], flips[part])
             else:
                 images = self.data[index]
-            yield self._normalise(images), self.targets[index]
+            batch = (self._normalise(images), self.targets[index])
+            if self.batch_extras is not None:
+                extras = self.batch_extras(cpu_order[start:start + self.batch_size], self.generator)
+                batch += tuple(e.to(self.device) for e in extras)
+            yield batch
 
     def _augmented(self, index: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """Crop at the per-sample offsets of the padded images, flipping by reversed columns."""

@@ -87,6 +87,7 @@ class ContrastiveDataset(Dataset):
             raise ValueError("contrastive sampling needs at least two classes with samples")
         self._rng = None
         self._rng_key = None
+        self._tables = None  # torch copies of targets and the class-sorted order, for batch_extras
 
     def __len__(self):
         return len(self.dataset)
@@ -125,3 +126,35 @@ class ContrastiveDataset(Dataset):
     def __getitem__(self, index):
         img, target = self.dataset[index][:2]
         return img, target, index, self.sample(index)
+
+    def batch_extras(self, index: torch.Tensor, generator: torch.Generator) -> tuple:
+        """``(index, contrast_idx)`` of a batch of sample indices with the distribution of
+        :meth:`sample` (positive first, then ``k`` negatives uniform over the other classes,
+        without replacement when there are enough), drawn with torch from ``generator``: the
+        on-device loader (``--data_on_device``) adds them to each batch without a per-sample loop."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        if self._tables is None:
+            self._tables = tuple(torch.as_tensor(np.asarray(a), dtype=torch.long)
+                                 for a in (self.targets, self._order, self._start, self._count))
+        targets, order, start, count = self._tables
+        classes = targets[index]
+        start, count = start[classes], count[classes]
+        b = len(index)
+        if self.mode == "exact":
+            positive = index
+        else:
+            offset = (torch.rand(b, dtype=torch.float64, generator=generator) * count).long()
+            positive = order[start + torch.minimum(offset, count - 1)]
+        n_neg = self._n - count
+        keys = torch.rand(b, int(n_neg.max()), generator=generator)
+        # positions past a row's own pool sort last; the first k of a uniform random order of the
+        # pool are a uniform draw without replacement
+        keys[torch.arange(keys.shape[1]) >= n_neg[:, None]] = 2.0
+        draws = keys.argsort(dim=1)[:, :self.k] if self.k <= keys.shape[1] else None
+        short = n_neg < self.k
+        if short.any():  # fewer negatives than k: uniform with replacement, as sample() does
+            replaced = (torch.rand(b, self.k, dtype=torch.float64, generator=generator)
+                        * n_neg[:, None]).long().minimum(n_neg[:, None] - 1)
+            draws = replaced if draws is None else torch.where(short[:, None], replaced, draws)
+        draws = draws + count[:, None] * (draws >= start[:, None])
+        return index, torch.cat([positive[:, None], order[draws]], dim=1)

@@ -73,6 +73,9 @@ def _common(parser: argparse.ArgumentParser, trial_flags: tuple, trial_default: 
         help='train on the first N images of each class (class-balanced subset)')
     add('--val_per_class', type=int, default=None,
         help='evaluate on the first N test images of each class (quick experiments only)')
+    add('--val_split_per_class', type=int, default=None,
+        help='evaluate each epoch (and CKA-monitor) on N training images per class held out after the '
+             'first --train_per_class of each class, unaugmented, instead of on test images')
     add('--nproc', type=int, default=None,
         help='processes of --multiprocessing-distributed (default: one per visible GPU; '
              'with --device cpu or no GPU: N CPU processes)')
@@ -134,6 +137,13 @@ def _finish(opt: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError(f'--nproc {opt.nproc}: give at least 1 process')
     if not opt.dist_timeout > 0:
         raise ConfigError(f'--dist_timeout {opt.dist_timeout}: give a positive number of seconds')
+    if opt.val_split_per_class is not None:
+        if opt.val_split_per_class < 1:
+            raise ConfigError(f'--val_split_per_class {opt.val_split_per_class}: give at least 1 image per class')
+        if opt.train_per_class is None:
+            raise ConfigError('--val_split_per_class holds images out after the training subset; give --train_per_class too')
+        if opt.val_per_class is not None:
+            raise ConfigError('--val_split_per_class and --val_per_class both choose the validation set; drop one')
     if opt.seed is None:
         opt.seed = seed_of_trial(opt.trial)
     elif not 0 <= opt.seed < SEED_LIMIT:
@@ -142,6 +152,9 @@ def _finish(opt: argparse.Namespace) -> argparse.Namespace:
 
 
 def _low_lr_rule(opt: argparse.Namespace, model: str) -> argparse.Namespace:
+    """Apply the older repos' lr rule; `requested_learning_rate` keeps what was asked for, so that
+    options.json shows both (`learning_rate` is the one that trains)."""
+    opt.requested_learning_rate = opt.learning_rate
     if model in LOW_LR_MODELS and opt.learning_rate != 0.01:
         print(f'note: --learning_rate {opt.learning_rate} replaced by 0.01 for {model} '
               '(the rule of the older repos for MobileNet/ShuffleNet models)')

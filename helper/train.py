@@ -98,9 +98,13 @@ def _samplers(opt, train_set, val_set) -> tuple:
 
 
 def _device_loaders(opt, train_set, data, device, generator, train_sampler, val_sampler):
+    # a method's wrapper of the training set (CRD's indices) draws its extra tensors per batch
+    batch_extras = None
     if train_set is not data.train:
-        raise ConfigError(f'--data_on_device cannot feed --distill {opt.distill}: it reads per-sample '
-                          'indices through its own data set wrapper; drop --data_on_device')
+        if getattr(train_set, 'dataset', None) is not data.train or not hasattr(train_set, 'batch_extras'):
+            raise ConfigError(f'--data_on_device cannot feed --distill {opt.distill}: its data set wrapper '
+                              f'{type(train_set).__name__} has no batch_extras; drop --data_on_device')
+        batch_extras = train_set.batch_extras
     arrays = []
     for part in (data.train, data.val):
         try:
@@ -110,7 +114,8 @@ def _device_loaders(opt, train_set, data, device, generator, train_sampler, val_
                               f'{opt.dataset}') from None
     common = dict(mean=data.mean, std=data.std, batch_size=opt.batch_size, device=device,
                   channels_last=opt.channels_last)
-    train_loader = DeviceImageLoader(*arrays[0], train=True, generator=generator, sampler=train_sampler, **common)
+    train_loader = DeviceImageLoader(*arrays[0], train=True, generator=generator, sampler=train_sampler,
+                                     batch_extras=batch_extras, **common)
     val_loader = DeviceImageLoader(*arrays[1], train=False, sampler=val_sampler, **common)
     return train_loader, val_loader, generator
 
@@ -133,7 +138,8 @@ def prepare_model(model: torch.nn.Module, opt, taps: bool = False) -> torch.nn.M
 def load_data(opt, augment=True):
     try:
         return build_datasets(opt.dataset, opt.data_folder, train_per_class=opt.train_per_class,
-                              val_per_class=getattr(opt, 'val_per_class', None), augment=augment)
+                              val_per_class=getattr(opt, 'val_per_class', None),
+                              val_split_per_class=getattr(opt, 'val_split_per_class', None), augment=augment)
     except (DatasetUnavailableError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
 

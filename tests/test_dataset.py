@@ -379,6 +379,34 @@ def test_train_per_class_subset(synth):
         build_datasets("synthetic", train_per_class=501)
 
 
+def test_validation_split_is_held_out_after_the_training_subset(synth):
+    b = build_datasets("synthetic", train_per_class=7, val_split_per_class=3)
+    full = synth.train.targets
+    seen, train_idx, val_idx = Counter(), [], []
+    for i, t in enumerate(full):  # by hand: the 8th to 10th image of each class follow its first 7
+        seen[t] += 1
+        (train_idx if seen[t] <= 7 else val_idx if seen[t] <= 10 else []).append(i)
+    np.testing.assert_array_equal(b.train.data, synth.train.data[train_idx])
+    np.testing.assert_array_equal(b.val.data, synth.train.data[val_idx])
+    assert b.val.targets == [full[i] for i in val_idx] and len(b.val) == 30
+    # unaugmented: the evaluation transform, equal to the test set's on the same image
+    plain = build_datasets("synthetic", augment=False).train
+    for j in (0, 17, 29):
+        assert torch.equal(b.val[j][0], plain[val_idx[j]][0])
+    assert len(build_datasets("synthetic", train_per_class=490, val_split_per_class=10).val) == 100  # 500 per class
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(train_per_class=400, val_split_per_class=101), "--train_per_class 400 \\+ --val_split_per_class 101 exceeds"),
+    (dict(val_split_per_class=5), "give --train_per_class too"),
+    (dict(train_per_class=5, val_split_per_class=5, val_per_class=5), "give one"),
+])
+def test_a_validation_split_that_cannot_be_held_out_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message) as info:
+        build_datasets("synthetic", **kwargs)
+    assert _one_line(str(info.value))
+
+
 def test_indexed_and_contrastive(synth):
     small = dataset.subset(synth.train, dataset.class_balanced_indices(synth.train.targets, 20))
     idx_ds = IndexedDataset(small)

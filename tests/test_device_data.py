@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from dataset import build_datasets, subset
+from dataset import ArrayImageDataset, ContrastiveDataset, IndexedDataset, build_datasets, subset
 from dataset.device_data import DeviceImageLoader, uint8_images
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -105,3 +105,103 @@ def test_uint8_images_of_subsets_and_folders(tmp_path):
         assert torch.equal(got, expected)
     with pytest.raises(ValueError, match='cannot be held on the device'):
         uint8_images(list(range(3)), 32)
+
+
+# ---------------------------------------------------------------- CRD's indices on the device
+
+def _labelled(sizes=(5, 8, 12)):
+    """An array set with classes of the given sizes, interleaved (class-sorted order != data order)."""
+    targets = [c for c, n in enumerate(sizes) for _ in range(n)]
+    targets = [targets[i] for i in np.random.default_rng(1).permutation(len(targets))]
+    return ArrayImageDataset(_images(n=len(targets), size=8), targets)
+
+
+def _draw_counts(draw, index, trials, n):
+    """How often each sample index appears among the negatives (and as the positive) of `trials` draws."""
+    negatives, positives = np.zeros(n), np.zeros(n)
+    for _ in range(trials):
+        contrast = draw(index)
+        negatives += np.bincount(contrast[:, 1:].reshape(-1).numpy(), minlength=n)
+        positives += np.bincount(contrast[:, 0].numpy(), minlength=n)
+    return negatives, positives
+
+
+@pytest.mark.parametrize('mode', ['exact', 'relax'])
+def test_batch_contrast_indices_follow_the_wrappers_rules_and_distribution(mode):
+    data = _labelled()
+    targets, n, k = np.asarray(data.targets), len(data), 10
+    wrapper = ContrastiveDataset(data, k=k, mode=mode)
+    generator = torch.Generator().manual_seed(0)
+    index = torch.arange(n)
+    returned, contrast = wrapper.batch_extras(index, generator)
+    assert torch.equal(returned, index) and contrast.dtype == torch.long and contrast.shape == (n, k + 1)
+    for i in range(n):
+        negatives = contrast[i, 1:].numpy()
+        assert (targets[negatives] != targets[i]).all()          # only other classes
+        assert len(set(negatives.tolist())) == k                 # without replacement: every pool holds >= k
+        if mode == 'exact':
+            assert contrast[i, 0] == i                           # the positive is the sample itself
+        else:
+            assert targets[contrast[i, 0]] == targets[i]         # a sample of its class
+    # the marginal of each draw against the wrapper's own per-sample draws (its __getitem__ path) and
+    # the exact value: a sample of another class is one of the k negatives with chance k / n_other,
+    # a sample of the same class the relaxed positive with chance 1 / n_class
+    trials, sample = 1500, targets.tolist().index(2)             # a sample of the 12-image class
+    rng = np.random.default_rng(0)
+    on_device = _draw_counts(lambda i: wrapper.batch_extras(i, generator)[1], torch.tensor([sample]), trials, n)
+    per_sample = _draw_counts(lambda i: wrapper.sample(int(i[0]), rng)[None], torch.tensor([sample]), trials, n)
+    others, same = targets != 2, targets == 2
+    for negatives, positives in (on_device, per_sample):
+        assert negatives[same].sum() == 0
+        assert np.abs(negatives[others] / trials - k / others.sum()).max() < 0.05
+        if mode == 'relax':
+            assert positives[~same].sum() == 0
+            assert np.abs(positives[same] / trials - 1 / same.sum()).max() < 0.04
+
+
+def test_batch_contrast_indices_draw_with_replacement_from_a_short_pool_and_repeat_per_seed():
+    data = _labelled()
+    targets, k = np.asarray(data.targets), 15                   # class 2 has 13 others, classes 0 and 1 more
+    wrapper = ContrastiveDataset(data, k=k)
+    index = torch.tensor([targets.tolist().index(c) for c in (0, 1, 2)])
+    _, contrast = wrapper.batch_extras(index, torch.Generator().manual_seed(5))
+    for row, i in enumerate(index.tolist()):
+        negatives = contrast[row, 1:].numpy()
+        assert contrast[row, 0] == i and (targets[negatives] != targets[i]).all()
+    assert len(set(contrast[0, 1:].tolist())) == len(set(contrast[1, 1:].tolist())) == k  # pools of 20 and 17
+    assert len(set(contrast[2, 1:].tolist())) < k                # 15 draws from 13: some repeat
+    _, again = wrapper.batch_extras(index, torch.Generator().manual_seed(5))
+    _, other = wrapper.batch_extras(index, torch.Generator().manual_seed(6))
+    assert torch.equal(contrast, again) and not torch.equal(contrast, other)
+
+
+def test_loader_hands_out_each_batchs_indices_with_its_images():
+    data = _labelled()
+    wrapper = ContrastiveDataset(data, k=4)
+    for train in (False, True):
+        loader = DeviceImageLoader(data.data, data.targets, MEAN, STD, 8, 'cpu', train=train,
+                                   generator=torch.Generator().manual_seed(2), batch_extras=wrapper.batch_extras)
+        seen = []
+        for images, targets, index, contrast in loader:
+            assert targets.tolist() == [data.targets[i] for i in index.tolist()]
+            assert contrast[:, 0].tolist() == index.tolist() and contrast.shape == (len(index), 5)
+            if not train:  # unaugmented: the batch's images are those of its indices
+                for row, i in enumerate(index.tolist()):
+                    assert torch.equal(images[row], TF.normalize(TF.to_tensor(Image.fromarray(data.data[i])), MEAN, STD))
+            seen += index.tolist()
+        assert sorted(seen) == list(range(len(data)))
+
+
+def test_training_loaders_feed_crds_wrapper_and_refuse_one_without_batch_extras():
+    from types import SimpleNamespace
+    from helper.train import make_loaders
+    from runtime.errors import ConfigError
+    bundle = build_datasets('synthetic', train_per_class=3)
+    opt = SimpleNamespace(data_on_device=True, batch_size=8, channels_last=False, num_workers=0, seed=0,
+                          distill='crd', dataset='synthetic')
+    wrapped = ContrastiveDataset(bundle.train, k=5)
+    train_loader, _, _ = make_loaders(opt, wrapped, bundle.val, torch.device('cpu'), bundle)
+    images, targets, index, contrast = next(iter(train_loader))
+    assert contrast.shape == (8, 6) and torch.equal(contrast[:, 0], index)
+    with pytest.raises(ConfigError, match='IndexedDataset has no batch_extras'):
+        make_loaders(opt, IndexedDataset(bundle.train), bundle.val, torch.device('cpu'), bundle)

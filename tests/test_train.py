@@ -158,6 +158,7 @@ def test_low_lr_rule_is_applied_and_printed(capsys):
     from helper.options import parse_student_options
     opt = parse_student_options(['--model_s', 'ShuffleV2', '--learning_rate', '0.05'])
     assert opt.learning_rate == 0.01
+    assert opt.requested_learning_rate == 0.05  # options.json keeps what was asked for beside it
     assert '0.01' in capsys.readouterr().out
 
 
