@@ -1,6 +1,7 @@
-"""Small-sample statistics of the evidence runs: mean ± std over seeds and paired differences with
-a Student-t confidence interval (no scipy: the t distribution of integer degrees of freedom has a
-closed-form CDF, Abramowitz & Stegun 26.7.3-26.7.4, inverted here by bisection)."""
+"""Small-sample statistics of the evidence runs: mean ± std over seeds, paired differences with a
+Student-t confidence interval and a paired t-test, and Holm's step-down adjustment over a family of
+tests (no scipy: the t distribution of integer degrees of freedom has a closed-form CDF, Abramowitz
+& Stegun 26.7.3-26.7.4, inverted here by bisection)."""
 import math
 import statistics
 from typing import Dict, Optional, Sequence
@@ -30,6 +31,27 @@ def t_two_sided_mass(t: float, df: int) -> float:
     return math.sin(theta) * series
 
 
+def t_two_sided_p(t: float, df: int) -> float:
+    """P(|T| >= |t|) for Student's T with integer ``df`` degrees of freedom: the two-sided p-value
+    of a t statistic (1 at t = 0, towards 0 as |t| grows; infinite t gives 0)."""
+    if math.isinf(t):
+        return 0.0
+    return min(1.0, max(0.0, 1.0 - t_two_sided_mass(abs(t), df)))
+
+
+def holm(p_values: Dict[str, Optional[float]]) -> Dict[str, Optional[float]]:
+    """Holm's step-down adjusted p-values of one family of tests (Holm 1979): with the m p-values
+    sorted ascending, p_(i) becomes max over j <= i of min(1, (m - j + 1) p_(j)). Rejecting where
+    the adjusted p < alpha keeps the chance of any false rejection in the family below alpha.
+    Tests without a p-value (None) are left out of the family and stay None."""
+    tested = sorted((p, name) for name, p in p_values.items() if p is not None)
+    m, running, adjusted = len(tested), 0.0, {name: None for name in p_values}
+    for rank, (p, name) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[name] = running
+    return adjusted
+
+
 def t_quantile_two_sided(confidence: float, df: int) -> float:
     """The t with P(|T| < t) = ``confidence``, e.g. 12.706 for 0.95 and df = 1."""
     if not 0 < confidence < 1:
@@ -57,20 +79,25 @@ def paired_difference(row: Dict[int, float], baseline: Dict[int, float], confide
     """Mean of row - baseline over the seeds both have, with its t-interval.
 
     ``row`` / ``baseline``: seed -> value. Pairing removes what the seeds share (init, data order,
-    augmentation). Returns {'n', 'seeds', 'mean', 'std', 'half_width', 'low', 'high', 'confidence'}; the
-    interval is None below two paired seeds.
+    augmentation). Returns {'n', 'seeds', 'mean', 'std', 'half_width', 'low', 'high', 'confidence',
+    'p', 'ahead'}: 'p' is the two-sided paired t-test p-value of a zero mean difference, 'ahead' the
+    number of seeds where the row is higher; the interval and p are None below two paired seeds.
     """
     seeds = sorted(set(row) & set(baseline))
     diffs = [float(row[s]) - float(baseline[s]) for s in seeds]
     out = {'n': len(seeds), 'seeds': seeds, 'confidence': confidence, 'mean': None, 'std': None,
-           'half_width': None, 'low': None, 'high': None}
+           'half_width': None, 'low': None, 'high': None, 'p': None, 'ahead': sum(d > 0 for d in diffs)}
     if not diffs:
         return out
     out['mean'] = statistics.fmean(diffs)
     if len(diffs) > 1:
         out['std'] = statistics.stdev(diffs)
-        out['half_width'] = t_quantile_two_sided(confidence, len(diffs) - 1) * out['std'] / math.sqrt(len(diffs))
+        se = out['std'] / math.sqrt(len(diffs))
+        out['half_width'] = t_quantile_two_sided(confidence, len(diffs) - 1) * se
         out['low'], out['high'] = out['mean'] - out['half_width'], out['mean'] + out['half_width']
+        # identical differences: no spread, so a nonzero mean is certain and a zero one no evidence
+        t = out['mean'] / se if se > 0 else (math.inf if out['mean'] != 0 else 0.0)
+        out['p'] = t_two_sided_p(t, len(diffs) - 1)
     return out
 
 

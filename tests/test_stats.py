@@ -82,3 +82,58 @@ def test_mean_std_and_pearson_by_hand():
     assert stats.slope([1.0, 2.0, 4.0], [2.0, 2.0, 5.0]) == pytest.approx(15 / 14)
     assert stats.slope([1.0], [2.0]) is None and stats.slope([3.0, 3.0], [1.0, 2.0]) is None
     assert stats.pearson([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None
+
+
+# Two-sided p-values at published critical values (NIST/SEMATECH e-Handbook 1.3.6.7.2, upper-tail
+# t_{1-a/2, df}): a two-sided p of 2 x 0.025 = 0.05 and of 2 x 0.005 = 0.01.
+@pytest.mark.parametrize('t,df,p', [(12.70620, 1, 0.05), (2.776445, 4, 0.05), (2.262157, 9, 0.05),
+                                    (4.604095, 4, 0.01), (3.169273, 10, 0.01), (63.65674, 1, 0.01)])
+def test_two_sided_p_at_table_critical_values(t, df, p):
+    assert stats.t_two_sided_p(t, df) == pytest.approx(p, abs=1e-6)
+    assert stats.t_two_sided_p(-t, df) == pytest.approx(p, abs=1e-6)
+
+
+def test_two_sided_p_in_closed_form_for_one_and_two_degrees_of_freedom():
+    # df 1 is the Cauchy distribution: P(|T| >= t) = 1 - (2 / pi) atan(t), so 1/2 at t = 1;
+    # df 2: F(t) = 1/2 + t / (2 sqrt(2 + t^2)), so P(|T| >= t) = 1 - t / sqrt(2 + t^2)
+    # (Student's t-distribution, special cases; e.g. Johnson, Kotz & Balakrishnan, ch. 28)
+    assert stats.t_two_sided_p(1.0, 1) == pytest.approx(0.5, abs=1e-12)
+    assert stats.t_two_sided_p(3.0, 1) == pytest.approx(1 - 2 / math.pi * math.atan(3.0), abs=1e-12)
+    for t in (0.5, 1.732, 4.0):
+        assert stats.t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-12)
+    assert stats.t_two_sided_p(0.0, 5) == 1.0 and stats.t_two_sided_p(math.inf, 5) == 0.0
+
+
+def test_paired_test_on_students_sleep_data():
+    # Cushny & Peebles' sleep data (Student 1908; R's `sleep` data set): extra hours of sleep of 10
+    # patients under two drugs. R: t.test(extra ~ group, data = sleep, paired = TRUE) gives
+    # t = -4.0621, df = 9, p-value = 0.002833, 95% interval of group 1 - group 2 [-2.4598858, -0.7001142].
+    drug1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
+    drug2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
+    d = stats.paired_difference(dict(enumerate(drug2)), dict(enumerate(drug1)))
+    assert d['mean'] == pytest.approx(1.58)
+    assert (d['low'], d['high']) == pytest.approx((0.7001142, 2.4598858), abs=1e-6)
+    assert d['p'] == pytest.approx(0.002833, abs=5e-7)
+    assert d['ahead'] == 9  # patient 5 slept the same under both
+    reverse = stats.paired_difference(dict(enumerate(drug1)), dict(enumerate(drug2)))
+    assert reverse['p'] == pytest.approx(d['p']) and reverse['ahead'] == 0
+
+
+def test_paired_test_without_spread_or_partner():
+    same = stats.paired_difference({0: 2.0, 1: 3.0, 2: 4.0}, {0: 1.0, 1: 2.0, 2: 3.0})  # always +1
+    assert same['p'] == 0.0 and same['ahead'] == 3
+    tied = stats.paired_difference({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
+    assert tied['p'] == 1.0 and tied['ahead'] == 0
+    assert stats.paired_difference({0: 2.0}, {0: 1.0})['p'] is None
+
+
+def test_holm_against_a_worked_example():
+    # Wikipedia, "Holm-Bonferroni method", example: four hypotheses with p = 0.01, 0.04, 0.03 and
+    # 0.005 at alpha 0.05 -- H1 and H4 are rejected, H2 and H3 not. Adjusted by hand: sorted
+    # 0.005, 0.01, 0.03, 0.04 -> 4 x 0.005 = 0.02, 3 x 0.01 = 0.03, 2 x 0.03 = 0.06, max(0.06, 1 x 0.04) = 0.06.
+    adjusted = stats.holm({'H1': 0.01, 'H2': 0.04, 'H3': 0.03, 'H4': 0.005})
+    assert adjusted == pytest.approx({'H1': 0.03, 'H2': 0.06, 'H3': 0.06, 'H4': 0.02})
+    assert {h for h, p in adjusted.items() if p < 0.05} == {'H1', 'H4'}
+    # capped at 1; a test without a p-value is not in the family (m = 2 here)
+    assert stats.holm({'a': 0.6, 'b': 0.2, 'c': None}) == pytest.approx({'a': 0.6, 'b': 0.4, 'c': None})
+    assert stats.holm({'a': 0.7, 'b': 0.8}) == pytest.approx({'a': 1.0, 'b': 1.0})
