@@ -25,7 +25,7 @@ from helper import evidence  # noqa: E402
 from runtime.errors import ConfigError  # noqa: E402
 
 EVIDENCE_RESULTS = os.path.join('docs', 'results')
-BUDGET = ('epochs', 'lr_decay_epochs', 'train_per_class', 'val_per_class', 'seeds',
+BUDGET = ('epochs', 'lr_decay_epochs', 'train_per_class', 'val_per_class', 'val_split_per_class', 'seeds',
           'teacher_epochs', 'teacher_lr_decay_epochs', 'teacher_train_per_class')
 
 
@@ -47,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument('--lr_decay_epochs')
             q.add_argument('--train_per_class', type=int)
             q.add_argument('--val_per_class', type=int)
+            q.add_argument('--val_split_per_class', type=int)
             q.add_argument('--seeds', type=int, nargs='+')
             q.add_argument('--teacher_epochs', type=int)
             q.add_argument('--teacher_lr_decay_epochs')
