@@ -27,6 +27,7 @@ def at_loss(f_s, f_t, p: int = 2):
 class AttentionDistiller(Distiller):
     """One term per (student, teacher) pair of `feats[1:-1]`, paired in order (zip)."""
 
+    published_beta = 1000.0
     needs_feats = True
     p = 2
 

@@ -67,7 +67,13 @@ class Distiller(nn.Module):
     needs_feats = False  # call the models with is_feat=True: ModelOutputs.feats
     needs_preact = False
     taps: Optional[str] = None  # 'blocks': the loop hooks block_layer_names() around each forward
-    needs_teacher_groups = False  # ctx.groups must hold the paired CKA groups
+    # ctx.groups must hold the paired CKA groups; helper.train builds such a method without them at
+    # -b 0, and it then computes nothing (its term would add nothing, its taps and groups cost time)
+    needs_teacher_groups = False
+    # The -b of the method's published script (scripts/<method>.sh, tests check they agree), named
+    # when a run gives the method's term weight 0; None where -b weighs no feature term (kd: none;
+    # simkd: -b is its only loss)
+    published_beta: Optional[float] = None
 
     @classmethod
     def add_options(cls, parser) -> None:

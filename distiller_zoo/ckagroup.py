@@ -126,6 +126,7 @@ class CKAGroupLoss(nn.Module):
 class CKAGroupDistiller(Distiller):
     """`--distill ckagroup`: CKAGroupLoss on block taps (or stages), given the paired groups."""
 
+    published_beta = 5.0
     needs_teacher_groups = True
 
     @classmethod
@@ -171,9 +172,14 @@ class CKAGroupDistiller(Distiller):
     def __init__(self, ctx: DistillContext):
         super().__init__(ctx)
         opt = ctx.opt
-        if ctx.groups is None:
-            raise ValueError('ckagroup needs the paired teacher groups in ctx.groups '
-                             '(helper.teacher_groups.pair_teacher_groups)')
+        # Built without groups (helper.train does so at -b 0, where the term would add nothing), it
+        # taps no layer and computes no CKA.
+        self.computes_term = ctx.groups is not None
+        if not self.computes_term:
+            if opt.beta != 0:
+                raise ValueError('ckagroup needs the paired teacher groups in ctx.groups '
+                                 '(helper.teacher_groups.pair_teacher_groups)')
+            return
         self.layer_kind = opt.cka_layers
         if self.layer_kind == 'stages':
             self.needs_feats = True
@@ -202,6 +208,8 @@ class CKAGroupDistiller(Distiller):
         return out.blocks if self.taps == 'blocks' else list(out.feats[:-1])
 
     def forward(self, student_out: ModelOutputs, teacher_out: ModelOutputs, batch: Batch) -> dict:
+        if not self.computes_term:
+            return {}
         student_feats, teacher_feats = self.layers(student_out), self.layers(teacher_out)
         if self.gather:  # every rank computes the same loss on the global batch
             student_feats, teacher_feats = gather_layer_outputs(student_feats, teacher_feats)
@@ -237,6 +245,8 @@ class CKAGroupDistiller(Distiller):
         through the run folder (`run.log_cka_matrix`).
 
         Distributed: the mean over the batches of every rank (every rank must call this)."""
+        if not self.computes_term:  # the same on every rank: no collective is skipped by one alone
+            return {}
         matrix_sum, group_sum, batches = self._epoch_totals()
         self._reset_epoch()
         if not batches:

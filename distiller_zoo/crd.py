@@ -41,6 +41,7 @@ def _targets_of(ds):
 
 
 class CRDDistiller(Distiller):
+    published_beta = 0.8
     needs_feats = True
 
     @classmethod

@@ -48,6 +48,7 @@ class ConvReg(nn.Module):
 class HintDistiller(Distiller):
     """loss = MSE(ConvReg(f_s[hint_layer]), f_t[hint_layer])."""
 
+    published_beta = 100.0
     needs_feats = True
 
     @classmethod

@@ -79,6 +79,7 @@ def gram_rows(f: torch.Tensor, width: int) -> torch.Tensor:
 class SemCKDDistiller(Distiller):
     """The attention MLPs are sized by --batch_size (as in the SemCKD code)."""
 
+    published_beta = 400.0
     needs_feats = True
     factor = 4
 

@@ -21,6 +21,7 @@ def sp_loss(f_s, f_t):
 
 
 class SimilarityDistiller(Distiller):
+    published_beta = 3000.0
     needs_feats = True
 
     def __init__(self, ctx: DistillContext):

@@ -27,6 +27,7 @@ class SRRLConnector(nn.Module):
 
 
 class SRRLDistiller(Distiller):
+    published_beta = 1.0
     needs_feats = True
 
     def __init__(self, ctx: DistillContext):

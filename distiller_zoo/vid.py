@@ -46,6 +46,7 @@ class VIDRegressor(nn.Module):
 
 
 class VIDDistiller(Distiller):
+    published_beta = 1.0
     needs_feats = True
     init_pred_var = 5.0
     eps = 1e-5

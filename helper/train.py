@@ -5,6 +5,7 @@ import os
 import random
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 import torch
@@ -382,11 +383,15 @@ def _student(opt) -> dict:
     teacher_groups.check_resume_cka_options(opt, run.saved_options)
     input_shape = tuple(data.train[0][0].shape)
     method = distiller_class(opt.distill)
+    note = zero_weight_note(opt, method)
+    if note and collectives.is_main():
+        print(note)
     monitored = monitor_wanted(data.val, opt)
     groups = _paired_groups(opt, method, monitored, student, teacher, teacher_arch, input_shape, device, run)
     ctx = DistillContext(student=student, teacher=teacher, student_name=student_arch,
                          teacher_name=teacher_arch, num_classes=data.num_classes, input_shape=input_shape,
-                         num_train_samples=len(data.train), device=device, opt=opt, groups=groups,
+                         num_train_samples=len(data.train), device=device, opt=opt,
+                         groups=groups if _term_needs_groups(opt, method) else None,
                          contrastive_dataset=ContrastiveDataset)
     try:
         distiller = method(ctx).to(device)
@@ -427,11 +432,27 @@ def _student(opt) -> dict:
         run.close()
 
 
+def zero_weight_note(opt, method) -> Optional[str]:
+    """The line said before training when -b 0 gives a feature method's term weight 0 (None
+    otherwise), naming the weight of the method's published script."""
+    if opt.beta != 0 or method.published_beta is None:
+        return None
+    cost = 'not computed' if method.needs_teacher_groups else 'still computed'
+    return (f'note: --distill {opt.distill} with -b 0: its term has weight 0 ({cost}) and only -c CE and '
+            f'-d KD train the student; its published script uses -b {method.published_beta:g}')
+
+
+def _term_needs_groups(opt, method) -> bool:
+    """Whether the method's term needs the paired groups: at -b 0 it is not computed (see
+    Distiller.needs_teacher_groups)."""
+    return method.needs_teacher_groups and opt.beta != 0
+
+
 def _paired_groups(opt, method, monitored: bool, student, teacher, teacher_arch, input_shape, device, run):
-    """The run's paired CKA groups, for a method that needs them or for the CKA monitor (None
-    when neither asks; for the monitor alone, also when these models cannot be grouped so:
+    """The run's paired CKA groups, for a method whose term needs them or for the CKA monitor
+    (None when neither asks; for the monitor alone, also when these models cannot be grouped so:
     training goes on without monitoring)."""
-    if not (method.needs_teacher_groups or monitored):
+    if not (_term_needs_groups(opt, method) or monitored):
         return None
     resume_file = run.file(teacher_groups.GROUPS_FILE) if opt.resume is not None else None
     try:
@@ -439,7 +460,7 @@ def _paired_groups(opt, method, monitored: bool, student, teacher, teacher_arch,
             opt, student, teacher, teacher_arch, input_shape, lambda: load_data(opt, augment=False).train,
             device, resume_file=resume_file)
     except ConfigError as exc:
-        if method.needs_teacher_groups:
+        if method.needs_teacher_groups:  # its own --cka_* options are wrong, whatever -b says
             raise
         print(f'note: CKA monitoring is off for this run: {exc}')
         return None
