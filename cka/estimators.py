@@ -26,18 +26,20 @@ matrix between two lists of layers is ``S @ T.T`` — one matrix product.
 Numerics (see docs in the project's CKA notes):
 
 * Large common offsets: "Gram of raw features, then centre" cancels digits in float32 (with an
-  offset of 1e4 it gives nonsense). A linear-kernel layer keeps its raw Gram only when
-  ``trace(K) <= 16 trace(HKH)`` (offset at most ~4x the spread; a trained CIFAR resnet32's block
-  outputs measured 1.4-2.3), which costs no copy of the features; any other layer is shifted per column
-  **before** the Gram (by a reference built from the first rows: exact zeros for constant
-  columns, exact subtractions under a large common offset). The n x n Gram is then double-centred
-  (or U-centred) exactly. The compute dtype is at least float32: float32 for float32 or narrower
-  (bf16/fp16) inputs, float64 when an input is float64 (or ``dtype=`` forces one), always outside
-  autocast. Gram backward: one product, ``(dG + dG^T) Y``. On CPU a wide layer's Gram is summed
-  over column chunks (one ``bmm``, see :func:`_gram_product`).
-* Each layer's Gram is normalised by its (detached) trace; features so huge or tiny that their
-  Gram would overflow or underflow are first rescaled by a detached power of two. CKA is scale
-  invariant, so gradients through detached scales are exact.
+  offset of 1e4 it gives nonsense). Every layer is therefore shifted per column **before** its
+  Gram, by a reference built from its first rows (exact zeros for constant columns, exact
+  subtractions under a large common offset), and scaled by a power of two so that its largest entry among the first rows is
+  of order 1 (no Gram overflow or underflow, whatever the features' magnitude; exact). Shift and
+  scale are detached and decided on the device, with no host read or data-dependent branch, so a
+  training step never waits for the device and compiles as one graph; both fuse with the float32
+  copy that the Gram product needs anyway (bf16 features are upcast in the same pass). The n x n
+  Gram is then double-centred (or U-centred) exactly: a per-column shift does not change it. The
+  compute dtype is at least float32: float32 for float32 or narrower (bf16/fp16) inputs, float64
+  when an input is float64 (or ``dtype=`` forces one), always outside autocast.
+* Layers of equal flattened width share one batched Gram product (:func:`width_groups`); the
+  Grams are kept in that group order (:func:`grouped_normalized_grams`), so a loss needs no
+  per-layer select or stack. Gram backward: one product, ``s (dG + dG^T) Y``, with ``Y`` rebuilt
+  from the saved inputs (no float copy of the features is kept for the backward).
 * A layer that is constant over the batch (its shifted features are exactly zero) has CKA 0 with
   everything (itself included); values and gradients stay finite (denominators are clamped, no
   ``sqrt`` at 0).
@@ -56,6 +58,8 @@ import torch
 __all__ = [
     "KERNELS",
     "normalized_grams",
+    "grouped_normalized_grams",
+    "width_groups",
     "cka_from_grams",
     "cka_matrix",
     "cka",
@@ -66,9 +70,10 @@ __all__ = [
 
 KERNELS = ("linear", "rbf")
 
-# Squared-Frobenius floor for a centred, trace-normalised Gram (for non-constant layers that norm
-# is of order 1/n or more, so this floor only ever acts on degenerate layers).
-_NORM_SQ_EPS = 1e-20
+# Frobenius-norm floor of a centred kernel. Linear: the features are scaled to a largest entry of
+# order 1 first, so a live layer's norm is of order 1 or more; RBF kernel values are at most 1.
+# Only a constant layer (a zero kernel) meets the floor, and stays zero.
+_NORM_EPS = 1e-10
 # Floor for the RBF bandwidth in trace-normalised units (squared distances there average ~2/n).
 _SIGMA2_EPS = 1e-12
 
@@ -141,234 +146,227 @@ def _flatten(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.reshape(n, -1)
 
 
-# Rows averaged for the per-column shift applied before the Gram (see _shift_reference).
-_SHIFT_ROWS = 8
-
-
 def _compute_dtype(layers: Sequence[torch.Tensor], dtype: Optional[torch.dtype]) -> torch.dtype:
     """``dtype`` when given, else at least float32: float64 inputs stay float64 (as SemCKD's Gram)."""
     if dtype is not None:
         return dtype
-    result = torch.float32
-    for x in layers:
-        if x.is_floating_point():
-            result = torch.promote_types(result, x.dtype)
-    return result
+    return torch.float64 if any(x.dtype == torch.float64 for x in layers) else torch.float32
 
 
-# Column-chunk width of the CPU Gram product (see _gram_product).
-_GRAM_CHUNK = 2048
+# Rows whose spread around the reference row sets a layer's power-of-two scale (see _shift_and_scale).
+_SCALE_ROWS = 8
 
 
-def _gram_product(y: torch.Tensor) -> torch.Tensor:
-    """``y @ y^T`` for (n, p) or (k, n, p) features.
+def width_groups(widths: Sequence[int]) -> List[List[int]]:
+    """Layer indices grouped by flattened width, the layers whose Grams one batched product
+    computes: layers in order within a group, groups from the smallest total size to the largest
+    (so that, when the layers are released group by group, the largest group's stacked copy is
+    made when the fewest others are still alive). Depends on the shapes only, so a model's
+    grouping is the same at every step."""
+    groups: dict = {}
+    for i, width in enumerate(widths):
+        groups.setdefault(int(width), []).append(i)
+    return sorted(groups.values(), key=lambda g: (int(widths[g[0]]) * len(g), g[0]))
 
-    On CPU a wide 2-D ``y`` (n x p with p >> n, e.g. 64 x 65,536) is cut into ~2048-column
-    chunks whose Grams one ``bmm`` computes and a sum adds: the BLAS handles that shape better than
-    one n x n output with a very long inner dimension, and the chunked sum is no less accurate
-    (shorter running sums). Other shapes and devices take the plain product.
+
+def _stacked(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(k, n, p) from k flattened (n, p) layers: one concatenation, a fresh tensor (for k = 1 a
+    view of the layer itself)."""
+    if len(xs) == 1:
+        return xs[0].unsqueeze(0)
+    n = xs[0].shape[0]
+    return torch.cat(list(xs)).view(len(xs), n, -1)
+
+
+def _negated_stack(xs: Sequence[torch.Tensor], dtype: torch.dtype, scale=None, offset=None):
+    """:func:`_negated_features` of the stacked layers, ``(-Y, s, r s)``; in place on the fresh
+    concatenation when it already has the compute dtype (no second k x n x p buffer). ``scale``
+    and ``offset`` given (the backward): the forward's values, rebuilt bit for bit."""
+    X = _stacked(xs)
+    if scale is None:
+        scale, offset = _scale_and_offset(X, dtype)
+    if len(xs) > 1 and X.dtype == dtype:
+        return X.mul_(-scale).add_(offset), scale, offset      # -X s + r s, rounded as addcmul
+    return _negated_features(X, scale, offset), scale, offset
+
+
+def _scale_and_offset(X: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The scales ``s`` (k, 1, 1) and shifts in scaled units ``r s`` (k, 1, p) of stacked layers
+    (k, n, p), such that ``Y = (X - r) s`` is what each layer's Gram is taken of.
+
+    ``r = x_0 + mean_{i < 8}(x_i - x_0)``, built from the first rows: a constant column becomes
+    exactly 0, under a large common offset every subtraction is exact (Sterbenz), and the shifted
+    features are nearly centred (less cancellation in the centring than with the first sample
+    alone), so the Gram is built from offset-free numbers. The exact centring follows on the n x n
+    Gram, which a per-column shift does not change. ``s = 2^-e``, ``e`` the binary exponent of the layer's largest magnitude among its first
+    rows, keeps the Gram far from float overflow and underflow whatever the features' magnitude.
+    Both are detached and decided on the device (no host read, no branch); ``s`` is a power of two,
+    so scaling is exact, and CKA is scale invariant, so gradients through them are exact too.
     """
-    if y.dim() != 2 or y.device.type != "cpu" or not y.is_contiguous():
-        return y @ y.transpose(-1, -2)
-    n, p = y.shape
-    chunks = p // _GRAM_CHUNK
-    while chunks > 1 and p % chunks:
-        chunks -= 1
-    if chunks < 2:
-        return y @ y.transpose(-1, -2)
-    blocks = y.view(n, chunks, p // chunks).transpose(0, 1)      # (chunks, n, w), a view
-    return torch.bmm(blocks, blocks.transpose(1, 2)).sum(0)
-
-
-def _shift_reference(x: torch.Tensor) -> torch.Tensor:
-    """Per-column shift for (..., n, p) features: ``x_0 + mean_{r < 8}(x_r - x_0)``, (..., 1, p).
-
-    For a constant column it is exactly ``x_0`` (the shifted column is exactly 0), and under a
-    large common offset every subtraction is exact (Sterbenz), so the Gram is built from
-    offset-free numbers. The exact centring follows on the n x n Gram (double- or U-centring),
-    which a per-column shift does not change.
-    """
-    x0 = x[..., :1, :]
-    m = min(_SHIFT_ROWS, x.shape[-2])
-    return x0 + (x[..., :m, :] - x0).mean(dim=-2, keepdim=True)
-
-
-class _Gram(torch.autograd.Function):
-    """``Y Y^T`` for (..., n, p) features, with a one-product backward ``(dG + dG^T) Y``.
-
-    Autograd's own backward of ``Y @ Y.T`` treats the two factors as unrelated and takes two
-    n x n x p products; this one takes one (the student's CKA backward is mostly this product).
-    """
-
-    @staticmethod
-    def forward(ctx, y: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(y)
-        return _gram_product(y)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors
-        return (grad + grad.transpose(-1, -2)) @ y
-
-
-def _group_grams(flat: List[torch.Tensor], idx: List[int], dtype: torch.dtype, batched: bool,
-                 shift: bool = True, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Grams (k, n, n) of the features of the equal-width layers ``idx``.
-
-    ``shift``: subtract the per-column reference of :func:`_shift_reference` first (the safe
-    float32 form under a large common offset; it costs one copy of the features). Without it the
-    Gram is taken of the raw features, which the caller accepts only when their offset is small.
-    ``batched``: stack the group and take one ``bmm`` (few kernel launches: the choice on
-    accelerators). Otherwise one ``mm`` per layer (on CPU the batched product gains nothing, and
-    stacking costs an extra pass over freshly allocated memory).
-    ``scale``: optional (k,) detached factors applied to the (shifted) features.
-    """
-    if batched:
-        Y = torch.stack([flat[i].to(dtype) for i in idx])
-        if shift:
-            Y = Y.sub_(_shift_reference(Y))     # in place on the fresh stack (no saved values)
-        if scale is not None:
-            Y = Y * scale.to(dtype)[:, None, None]
-        return _Gram.apply(Y)
-    grams = []
-    for j, i in enumerate(idx):
-        y = flat[i].to(dtype)
-        if shift:
-            y = y - _shift_reference(y)
-        if scale is not None:
-            y = y * scale[j].to(dtype)
-        grams.append(_Gram.apply(y))
-    return torch.stack(grams)
-
-
-def _group_amax(flat: List[torch.Tensor], idx: List[int], dtype: torch.dtype) -> torch.Tensor:
     with torch.no_grad():
-        return torch.stack([(x - _shift_reference(x)).abs().amax()
-                            for x in (flat[i].to(dtype) for i in idx)])
+        head = X.narrow(1, 0, min(_SCALE_ROWS, X.shape[1]))
+        amax = torch.linalg.vector_norm(head, ord=float('inf'), dim=(1, 2), keepdim=True)
+        exponent = torch.frexp(amax).exponent.neg_()
+        scale = torch.exp2(exponent if dtype != torch.float64 else exponent.to(dtype))
+        first = head.narrow(1, 0, 1)
+        reference = first + (head - first).mean(dim=1, keepdim=True)
+        return scale, reference * scale
 
 
-def _in_range(tr: torch.Tensor) -> torch.Tensor:
-    """Which Gram traces are far from float overflow/underflow. A zero trace is not: it may be a
-    constant layer or an underflow, which the caller tells apart from the features' max-abs."""
-    fi = torch.finfo(tr.dtype)
-    lo, hi = fi.tiny ** 0.5, fi.max ** 0.75
-    return (tr > lo) & (tr < hi)
+def _negated_features(X: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """``-Y = r s - X s`` in one fused pass (it also upcasts bf16 features); a Gram does not see
+    the sign."""
+    return torch.addcmul(offset, X, scale, value=-1)
 
 
-# A layer's raw ("Gram, then centre") Gram is kept only where trace(K) <= this x trace(HKH), i.e.
-# where the features' common offset is at most ~4x their spread: centring then cancels at most
-# 4 bits. Measured float32 CKA errors against float64 on the same inputs: 1e-7 to 2e-7 below a
-# ratio of 30, up to 1.8e-6 at 50 (debiased, a small CKA value); a trained CIFAR resnet32's block
-# outputs have ratios 1.4-2.3, untrained networks in eval mode up to 50. Larger offsets are shifted.
-_RAW_OFFSET_MAX = 16.0
+class _GroupGram(torch.autograd.Function):
+    """Grams (k, n, n) of the shifted, scaled features of k equal-width layers, and their scales.
 
-
-def _prepared_grams(xs: Layers, kernel: str, debiased: bool, rbf_threshold: float,
-                    rbf_sigma2, dtype: Optional[torch.dtype],
-                    batched: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Centred (or U-centred) kernels of every layer in trace-normalised units.
-
-    Returns ``(Kc, scale2)``: ``Kc`` is (L, n, n) in ``dtype``; ``scale2`` (L,) float64, detached,
-    such that the centred kernel of the raw features is ``Kc * scale2`` (linear; 1 for RBF, whose
-    kernel values carry no feature scale; 0 for a constant layer).
+    Saves only its inputs, the (k, 1, 1) scales and the (k, 1, p) shifts: no float copy of the
+    features lives until the backward, which rebuilds ``Y`` (for bf16 features a float32 copy
+    would be twice their size). Backward: one batched product, ``s (dG + dG^T) Y``; autograd's own
+    backward of ``Y @ Y^T`` would take two.
     """
-    xs = _as_list(xs)
+
+    @staticmethod
+    def forward(ctx, dtype: torch.dtype, *xs: torch.Tensor):
+        negated, scale, offset = _negated_stack(xs, dtype)
+        ctx.save_for_backward(scale, offset, *xs)
+        ctx.mark_non_differentiable(scale)
+        ctx.set_materialize_grads(False)
+        return torch.bmm(negated, negated.transpose(1, 2)), scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _scale_grad):
+        scale, offset, *xs = ctx.saved_tensors
+        if grad is None:  # the Grams were not used
+            return (None,) * (1 + len(xs))
+        negated, _, _ = _negated_stack(xs, offset.dtype, scale, offset)   # the forward's, bit for bit
+        # dL/dX = s (dG + dG^T) Y = -(s (dG + dG^T)) (-Y): the factor s on the small n x n side,
+        # never s^2 (which overflows for features of magnitude 1e-30)
+        grad_x = torch.baddbmm(negated, (grad + grad.transpose(1, 2)) * scale, negated, beta=0, alpha=-1)
+        if grad_x.dtype != xs[0].dtype:
+            grad_x = grad_x.to(xs[0].dtype)
+        return (None, *grad_x.unbind(0))
+
+
+def _group_gram(xs: Sequence[torch.Tensor], dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(Grams (k, n, n), scales (k, 1, 1)) of equal-width layers; a graph of its own only when a
+    layer needs gradients (a teacher's, under no_grad, takes the plain forward)."""
+    if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+        return _GroupGram.apply(dtype, *xs)
+    with torch.no_grad():
+        negated, scale, _ = _negated_stack(xs, dtype)
+        return torch.bmm(negated, negated.transpose(1, 2)), scale
+
+
+def _centred_kernels(xs: Layers, kernel: str, debiased: bool, rbf_threshold: float, rbf_sigma2,
+                     dtype: Optional[torch.dtype], groups: Optional[Sequence[Sequence[int]]] = None,
+                     release: bool = False) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+    """Centred (or U-centred) kernels of every layer, in width-group order, with no host read.
+
+    Returns ``(Kc, scales, order)``: ``Kc`` (L, n, n) in ``dtype``, row ``j`` that of layer
+    ``order[j]`` (``groups``, default :func:`width_groups` of the layers, concatenated);
+    ``scales`` one (k, 1, 1) tensor per group, detached, the power of two each layer's features
+    were multiplied by (the centred kernel of the raw features is ``Kc / scale^2``), or None for
+    RBF, whose values carry no feature scale. A constant layer's kernel is 0.
+    ``release`` (``xs`` a list): the list is emptied and each layer dropped once its group's Gram
+    is taken, so that layers no one else holds are freed group by group.
+    """
+    owned = _as_list(xs)
+    if release:
+        xs.clear()
+    xs = owned
     n = _batch_size(xs)
     _check_args(kernel, n, debiased)
-    L = len(xs)
     device = xs[0].device
     dtype = _compute_dtype(xs, dtype)
     with _autocast_off(device):
         flat = [_flatten(x, n) for x in xs]
-        # Layers with the same flattened width share one batched Gram product.
-        by_width: dict = {}
-        for i, f in enumerate(flat):
-            by_width.setdefault(f.shape[1], []).append(i)
-        grams: List[Optional[torch.Tensor]] = [None] * L
-        scales: List[Optional[torch.Tensor]] = [None] * L
-        if batched is None:
-            batched = device.type != "cpu"
-
-        def keep(idx, G, tr, inv_c2):
-            # normalise to trace 1 (detached: CKA is scale invariant, so gradients stay exact);
-            # a constant layer (trace exactly 0) is divided by 1 and stays exactly 0
-            G = G / torch.where(tr > 0, tr, torch.ones_like(tr))[:, None, None]
-            s2 = tr.double() * inv_c2
-            for j, i in enumerate(idx):
-                if i is not None:
-                    grams[i], scales[i] = G[j], s2[j]
-
-        for idx in by_width.values():
-            if kernel == "linear":
-                # the raw Gram needs no shifted copy of the features (the costly part on CPU);
-                # centring removes any offset exactly in exact arithmetic, so only the
-                # cancellation decides whether a layer's raw Gram may be kept
-                G = _group_grams(flat, idx, dtype, batched, shift=False)
-                tr = G.detach().diagonal(dim1=1, dim2=2).sum(-1)
-                centred_tr = tr - G.detach().sum(dim=(1, 2)) / n
-                ok = (_in_range(tr) & (tr <= _RAW_OFFSET_MAX * centred_tr)).tolist()
-                keep([i if good else None for i, good in zip(idx, ok)], G, tr,
-                     torch.ones_like(tr, dtype=torch.float64))
-                idx = [i for i, good in zip(idx, ok) if not good]
-                if not idx:
-                    continue
-            G = _group_grams(flat, idx, dtype, batched)          # (k, n, n), shifted features
-            tr = G.detach().diagonal(dim1=1, dim2=2).sum(-1)
-            inv_c2 = torch.ones_like(tr, dtype=torch.float64)
-            if not bool(_in_range(tr).all()):
-                # extreme feature scale (or a constant layer): rescale by a detached power of two
-                # (exact) and redo; a constant layer keeps factor 1 and trace 0
-                amax = _group_amax(flat, idx, dtype).double()
-                e = torch.where(amax > 0, torch.round(torch.log2(amax)), torch.zeros_like(amax))
-                G = _group_grams(flat, idx, dtype, batched, scale=torch.pow(2.0, -e))
-                tr = G.detach().diagonal(dim1=1, dim2=2).sum(-1)
-                inv_c2 = torch.pow(2.0, 2.0 * e)
-            keep(idx, G, tr, inv_c2)
-        G = torch.stack(grams)                       # (L, n, n), trace 1 (0 if constant)
-        scale2 = torch.stack(scales)                 # (L,) float64
-        live = (scale2 > 0).to(dtype)                # 0 for constant layers
-        if kernel == "rbf":
-            sq = G.diagonal(dim1=1, dim2=2)
-            off = 1.0 - torch.eye(n, dtype=dtype, device=device)
-            D = (sq[:, :, None] + sq[:, None, :] - 2.0 * G).clamp_min(0.0) * off
-            if rbf_sigma2 is None:
-                sigma2 = (rbf_threshold ** 2) * _median_offdiag(D.detach())
-            else:
-                raw = torch.as_tensor(rbf_sigma2, dtype=torch.float64, device=device)
-                raw = raw.expand(L) if raw.dim() == 0 else raw
-                if raw.shape != (L,):
-                    raise ValueError(f"rbf_sigma2 must be a scalar or one value per layer ({L})")
-                if bool((raw <= 0).any()):
-                    raise ValueError("rbf_sigma2 must be positive")
-                sigma2 = (raw / scale2.clamp_min(torch.finfo(torch.float64).tiny)).to(dtype)
-            sigma2 = sigma2.clamp_min(_SIGMA2_EPS)
-            K = torch.exp(-D / (2.0 * sigma2[:, None, None]))
-            scale2 = torch.ones_like(scale2)
+        if groups is None:
+            groups = width_groups([f.shape[1] for f in flat])
+        grams, scales = [], []
+        for g in groups:
+            gram, scale = _group_gram([flat[i] for i in g], dtype)
+            grams.append(gram)
+            scales.append(scale)
+            if release:
+                for i in g:
+                    flat[i] = xs[i] = None
+        order = [i for g in groups for i in g]
+        G = grams[0] if len(grams) == 1 else torch.cat(grams)       # (L, n, n)
+        if kernel == "linear":
+            # a constant layer's shifted features are exactly 0: so are its Gram and kernel
+            return _centre_gram(G, debiased), scales, order
+        scale = scales[0] if len(scales) == 1 else torch.cat(scales)  # (L, 1, 1)
+        L = G.shape[0]
+        # RBF: distances from the Gram in trace-normalised units (the trace is detached; a
+        # constant layer has trace 0 and keeps a zero kernel through `live`)
+        tr = G.detach().diagonal(dim1=1, dim2=2).sum(-1)
+        live = (tr > 0).to(dtype)
+        G = G / torch.where(tr > 0, tr, torch.ones_like(tr))[:, None, None]
+        sq = G.diagonal(dim1=1, dim2=2)
+        off = 1.0 - torch.eye(n, dtype=dtype, device=device)
+        D = (sq[:, :, None] + sq[:, None, :] - 2.0 * G).clamp_min(0.0) * off
+        if rbf_sigma2 is None:
+            sigma2 = (rbf_threshold ** 2) * _median_offdiag(D.detach())
         else:
-            K = G
-        Kc = _centre_gram(K, debiased) * live[:, None, None]
-    return Kc, scale2 * (live > 0)
+            raw = torch.as_tensor(rbf_sigma2, dtype=torch.float64, device=device)
+            raw = raw.expand(L) if raw.dim() == 0 else raw
+            if raw.shape != (L,):
+                raise ValueError(f"rbf_sigma2 must be a scalar or one value per layer ({L})")
+            if bool((raw <= 0).any()):
+                raise ValueError("rbf_sigma2 must be positive")
+            # raw units -> trace-normalised units of this layer (order: the layers' row order)
+            units = tr.double() / scale.reshape(-1).double() ** 2
+            sigma2 = (raw[order] / units.clamp_min(torch.finfo(torch.float64).tiny)).to(dtype)
+        sigma2 = sigma2.clamp_min(_SIGMA2_EPS)
+        K = torch.exp(-D / (2.0 * sigma2[:, None, None]))
+        return _centre_gram(K, debiased) * live[:, None, None], None, order
+
+
+def _unit_rows(Kc: torch.Tensor) -> torch.Tensor:
+    """(L, n*n): each kernel flattened and Frobenius-normalised (a zero kernel stays zero)."""
+    flat = Kc.reshape(Kc.shape[0], -1)
+    return flat / torch.linalg.vector_norm(flat, dim=1, keepdim=True).clamp_min(_NORM_EPS)
+
+
+def grouped_normalized_grams(xs: Layers, kernel: str = "linear", debiased: bool = False, *,
+                             groups: Optional[Sequence[Sequence[int]]] = None, rbf_threshold: float = 0.5,
+                             rbf_sigma2=None, dtype: Optional[torch.dtype] = None,
+                             release: bool = False) -> Tuple[torch.Tensor, List[int]]:
+    """:func:`normalized_grams` in width-group order, as a training step wants them: ``(rows,
+    order)`` with row ``j`` that of layer ``order[j]`` (``groups``: see :func:`width_groups`).
+    One batched Gram product per width group, no per-layer select or scatter, no host read.
+    ``release``: empty the list ``xs``, dropping each layer once its Gram is taken (a frozen
+    teacher's outputs, freed group by group)."""
+    Kc, _, order = _centred_kernels(xs, kernel, debiased, rbf_threshold, rbf_sigma2, dtype, groups, release)
+    with _autocast_off(Kc.device):
+        return _unit_rows(Kc), order
 
 
 def normalized_grams(xs: Layers, kernel: str = "linear", debiased: bool = False, *,
                      rbf_threshold: float = 0.5, rbf_sigma2=None,
-                     dtype: Optional[torch.dtype] = None,
-                     batched: Optional[bool] = None) -> torch.Tensor:
+                     dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Centred (``debiased=True``: U-centred) kernels, Frobenius-normalised, flattened.
 
     ``xs``: one batch-first tensor or a list of them (any shapes, same batch size n), each
     flattened per sample. Returns an ``(L, n*n)`` tensor in ``dtype`` (default: float32, or float64
-    for float64 inputs); a constant layer's row is
-    zero. The CKA between layers ``i`` of ``S`` and ``j`` of ``T`` is ``(S @ T.T)[i, j]``.
-
-    ``batched``: Grams of equal-width layers in one ``bmm`` (default: off the CPU) or one ``mm``
-    per layer (default on CPU, where it is faster: no stacking copy). Same values either way.
+    for float64 inputs), in layer order; a constant layer's row is zero. The CKA between layers
+    ``i`` of ``S`` and ``j`` of ``T`` is ``(S @ T.T)[i, j]``.
     """
-    Kc, _ = _prepared_grams(xs, kernel, debiased, rbf_threshold, rbf_sigma2, dtype, batched)
-    with _autocast_off(Kc.device):
-        flat = Kc.reshape(Kc.shape[0], -1)
-        norm = (flat * flat).sum(dim=1).clamp_min(_NORM_SQ_EPS).sqrt()
-        return flat / norm[:, None]
+    rows, order = grouped_normalized_grams(xs, kernel, debiased, rbf_threshold=rbf_threshold,
+                                           rbf_sigma2=rbf_sigma2, dtype=dtype)
+    if order == sorted(order):
+        return rows
+    return rows[torch.tensor(_inverse(order), device=rows.device)]
+
+
+def _inverse(order: Sequence[int]) -> List[int]:
+    inverse = [0] * len(order)
+    for j, i in enumerate(order):
+        inverse[i] = j
+    return inverse
 
 
 def cka_from_grams(S: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
@@ -381,15 +379,15 @@ def cka_from_grams(S: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
 
 def cka_matrix(xs: Layers, ys: Optional[Layers] = None, kernel: str = "linear",
                debiased: bool = False, *, rbf_threshold: float = 0.5, rbf_sigma2=None,
-               dtype: Optional[torch.dtype] = None, batched: Optional[bool] = None) -> torch.Tensor:
+               dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``len(xs) x len(ys)`` CKA matrix (``ys=None``: the symmetric ``xs`` x ``xs`` matrix).
 
     Differentiable w.r.t. every input that requires grad. ``rbf_sigma2`` (RBF only): a fixed
     squared bandwidth (scalar, or one per layer; same value used for ``ys``) instead of the
-    detached median heuristic. ``batched``: see :func:`normalized_grams`.
+    detached median heuristic.
     """
     dtype = _compute_dtype(_as_list(xs) + ([] if ys is None else _as_list(ys)), dtype)
-    kw = dict(rbf_threshold=rbf_threshold, rbf_sigma2=rbf_sigma2, dtype=dtype, batched=batched)
+    kw = dict(rbf_threshold=rbf_threshold, rbf_sigma2=rbf_sigma2, dtype=dtype)
     S = normalized_grams(xs, kernel, debiased, **kw)
     T = S if ys is None else normalized_grams(ys, kernel, debiased, **kw)
     return cka_from_grams(S, T)
@@ -422,22 +420,37 @@ def hsic_terms(xs: Layers, ys: Optional[Layers] = None, kernel: str = "linear",
     dtype = _compute_dtype(_as_list(xs) + ([] if ys is None else _as_list(ys)), dtype)
     kw = dict(rbf_threshold=rbf_threshold, rbf_sigma2=rbf_sigma2, dtype=dtype)
     with torch.no_grad():
-        Kx, sx = _prepared_grams(xs, kernel, debiased, **kw)
-        n = Kx.shape[-1]
-        fx = Kx.reshape(Kx.shape[0], -1)
+        fx, sx = _raw_unit_rows(xs, kernel, debiased, **kw)
+        n = _batch_size(_as_list(xs))
         if ys is None:
             fy, sy = fx, sx
         else:
-            Ky, sy = _prepared_grams(ys, kernel, debiased, **kw)
-            if Ky.shape[-1] != n:
-                raise ValueError(f"xs and ys have different batch sizes: {n} vs {Ky.shape[-1]}")
-            fy = Ky.reshape(Ky.shape[0], -1)
+            if _batch_size(_as_list(ys)) != n:
+                raise ValueError(f"xs and ys have different batch sizes: {n} vs {_batch_size(_as_list(ys))}")
+            fy, sy = _raw_unit_rows(ys, kernel, debiased, **kw)
         c = _hsic_normaliser(n, debiased)
         with _autocast_off(fx.device):
             cross = (fx @ fy.transpose(0, 1)).double() * sx[:, None] * sy[None, :] / c
             self_x = (fx * fx).sum(1).double() * sx * sx / c
             self_y = self_x if ys is None else (fy * fy).sum(1).double() * sy * sy / c
     return cross, self_x, self_y
+
+
+def _raw_unit_rows(xs: Layers, kernel: str, debiased: bool, *, rbf_threshold: float, rbf_sigma2,
+                   dtype: Optional[torch.dtype]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(rows, norms) in layer order: each centred kernel flattened and normalised to unit
+    Frobenius norm, and that norm in raw feature units (float64), so that ``rows[i] * norms[i]``
+    is layer i's centred kernel of the raw features."""
+    Kc, scale, order = _centred_kernels(xs, kernel, debiased, rbf_threshold, rbf_sigma2, dtype)
+    with _autocast_off(Kc.device):
+        flat = Kc.reshape(Kc.shape[0], -1)
+        norms = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+        rows = flat / norms.clamp_min(_NORM_EPS)
+        norms = norms.reshape(-1).double()
+        if scale is not None:
+            norms = norms / torch.cat(scale).reshape(-1).double() ** 2
+        inverse = torch.tensor(_inverse(order), device=rows.device)
+        return rows[inverse], norms[inverse]
 
 
 def _ratio(cross: torch.Tensor, self_x: torch.Tensor, self_y: torch.Tensor) -> torch.Tensor:

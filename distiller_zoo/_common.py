@@ -69,3 +69,38 @@ class SmallBatchSafeBatchNorm2d(nn.BatchNorm2d):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
         return super().forward(x)
+
+
+def compile_term(opt, device) -> bool:
+    """Whether a distiller compiles its loss term: --cka_compile on/off, or auto: on CUDA, where a
+    term of many small kernels is bound by their launches, and under --compile."""
+    choice = getattr(opt, 'cka_compile', 'auto')
+    if choice != 'auto':
+        return choice == 'on'
+    return torch.device(device).type == 'cuda' or getattr(opt, 'compile', None) is not None
+
+
+class _CompiledOrEager:
+    """`fn` compiled as one graph (`torch.compile(fullgraph=True)`, static shapes), and `fn` itself
+    for the rest of the run once compiling fails, at the first call or at a recompile (a short
+    last batch has other shapes): one line says so, and training goes on with the same values."""
+
+    def __init__(self, fn, what: str):
+        self.fn, self.what = fn, what
+        self.compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as exc:  # any compiler failure; a genuine error recurs below, eagerly
+                reason = (str(exc).strip().splitlines() or [''])[0][:200]
+                print(f'note: {self.what} could not be compiled ({type(exc).__name__}: {reason}); '
+                      'it runs eagerly for the rest of the run', flush=True)
+                self.compiled = None
+        return self.fn(*args)
+
+
+def compiled_or_eager(fn, enabled: bool, what: str):
+    """`fn` compiled with an eager fallback (`_CompiledOrEager`) when `enabled`, else `fn`."""
+    return _CompiledOrEager(fn, what) if enabled else fn

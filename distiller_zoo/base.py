@@ -28,6 +28,8 @@ class ModelOutputs:
     logits: torch.Tensor
     feats: Optional[list] = None  # is_feat stage outputs, then the pooled vector
     blocks: Optional[list] = None  # block-level layer outputs (`taps = 'blocks'`), in block_layer_names order
+    # what the distiller kept of a teacher's outputs (`Distiller.prepare_teacher`; ckagroup: its Grams)
+    prepared: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -91,6 +93,12 @@ class Distiller(nn.Module):
     @property
     def teacher(self) -> nn.Module:
         return self._frozen[0]
+
+    def prepare_teacher(self, teacher_out: ModelOutputs) -> ModelOutputs:
+        """Called right after the teacher's forward, under no_grad: what of it `forward` will
+        need. A method that needs only something computed from the teacher's features (ckagroup:
+        their Grams) returns that alone, so the features are freed before the student's forward."""
+        return teacher_out
 
     def forward(self, student_out: ModelOutputs, teacher_out: ModelOutputs, batch: Batch) -> dict:
         return {}

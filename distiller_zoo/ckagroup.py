@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 import models
-from cka import cka_from_grams, min_cka_samples, normalized_grams, validate_groups
+from cka import cka_from_grams, grouped_normalized_grams, min_cka_samples, validate_groups, width_groups
+from distiller_zoo._common import compile_term, compiled_or_eager
 from distiller_zoo.base import Batch, DistillContext, Distiller, ModelOutputs
 from runtime import collectives
 from runtime.errors import ConfigError
@@ -69,16 +70,25 @@ class CKAGroupLoss(nn.Module):
     """Aggregate of 1 - CKA_Gi over paired student/teacher layer groups.
 
     `forward(student_feats, teacher_feats)` returns `(loss, group_cka, matrix)`: the scalar loss,
-    the n values CKA_Gi, and the full L_s x L_t CKA matrix (detached). CKA_Gi reduces the block of
-    the matrix with student group i as rows and teacher group i as columns (`reduce`: mean, min or
-    max); the loss aggregates 1 - CKA_Gi (`agg`: mean, sum, or weighted: sum_i w_i (1 - CKA_Gi)).
-    Teacher features are used under no_grad. A batch smaller than the estimator needs (4 samples
-    debiased, 2 biased; a short last batch) contributes no loss and is left out of the statistics.
+    the n values CKA_Gi, and the full L_s x L_t CKA matrix (detached, layer order). CKA_Gi reduces
+    the block of the matrix with student group i as rows and teacher group i as columns (`reduce`:
+    mean, min or max); the loss aggregates 1 - CKA_Gi (`agg`: mean, sum, or weighted: sum_i w_i
+    (1 - CKA_Gi)). Teacher features are used under no_grad. A batch smaller than the estimator
+    needs (4 samples debiased, 2 biased; a short last batch) contributes no loss (None).
+
+    The training step splits the work in two (`student_widths` / `teacher_widths` given, the
+    layers' flattened widths): `teacher_grams` right after the teacher's forward, so that its
+    layer outputs can be freed before the student's forward, then `term` on the student's layers.
+    Both keep the Grams in width-group order (`cka.width_groups`: one batched product per width,
+    no per-layer select or stack); the masks are permuted to that order once, here, and `term`'s
+    matrix is in that order too (`layer_order` puts it back). `term` reads nothing back to the
+    host, so it compiles as one graph.
     """
 
     def __init__(self, student_groups, teacher_groups, reduce: str = 'mean', agg: str = 'mean',
                  weights: Optional[Sequence[float]] = None, kernel: str = 'linear',
-                 debiased: bool = True):
+                 debiased: bool = True, student_widths: Optional[Sequence[int]] = None,
+                 teacher_widths: Optional[Sequence[int]] = None):
         super().__init__()
         if len(student_groups) != len(teacher_groups):
             raise ValueError(f'{len(student_groups)} student groups for {len(teacher_groups)} teacher groups')
@@ -96,23 +106,47 @@ class CKAGroupLoss(nn.Module):
                              persistent=False)
         self.student_groups, self.teacher_groups = student_groups, teacher_groups
         self.reduce, self.agg, self.kernel, self.debiased = reduce, agg, kernel, debiased
+        self.min_samples = min_cka_samples('debiased' if debiased else 'biased')
+        self.student_plan = self.teacher_plan = None
+        if student_widths is not None and teacher_widths is not None:
+            self._set_plans(student_widths, teacher_widths)
 
-    def group_values(self, matrix: torch.Tensor) -> torch.Tensor:
+    def _set_plans(self, student_widths: Sequence[int], teacher_widths: Sequence[int]) -> None:
+        """Width groups of both sides, and the masks in the order of their Grams."""
+        self.student_plan, self.teacher_plan = width_groups(student_widths), width_groups(teacher_widths)
+        self.student_order = [i for g in self.student_plan for i in g]
+        self.teacher_order = [i for g in self.teacher_plan for i in g]
+        plan_mask = self.mask[:, self.student_order][:, :, self.teacher_order]
+        self.register_buffer('plan_mask', plan_mask, persistent=False)
+        self.register_buffer('plan_count', plan_mask.sum(dim=(1, 2)).to(torch.float32), persistent=False)
+
+    def group_values(self, matrix: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """CKA_Gi of each group block of a layer-order matrix (`mask`: of another order)."""
+        mask = self.mask if mask is None else mask
         blocks = matrix.unsqueeze(0)
         if self.reduce == 'mean':
-            return (blocks * self.mask).sum(dim=(1, 2)) / self.mask.sum(dim=(1, 2))
+            return (blocks * mask).sum(dim=(1, 2)) / mask.sum(dim=(1, 2))
         if self.reduce == 'min':
-            return blocks.masked_fill(~self.mask, float('inf')).amin(dim=(1, 2))
-        return blocks.masked_fill(~self.mask, float('-inf')).amax(dim=(1, 2))
+            return blocks.masked_fill(~mask, float('inf')).amin(dim=(1, 2))
+        return blocks.masked_fill(~mask, float('-inf')).amax(dim=(1, 2))
 
-    def forward(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]):
-        if student_feats[0].shape[0] < min_cka_samples('debiased' if self.debiased else 'biased'):
-            return None
+    def teacher_grams(self, teacher_feats: Sequence[torch.Tensor], release: bool = False) -> torch.Tensor:
+        """The teacher's normalised Grams (rows in `teacher_order`), under no_grad. `release`
+        (`teacher_feats` a list): the list is emptied, each layer dropped once its Gram is taken."""
         with torch.no_grad():
-            teacher_grams = normalized_grams(teacher_feats, self.kernel, self.debiased)
-        student_grams = normalized_grams(student_feats, self.kernel, self.debiased)
-        matrix = cka_from_grams(student_grams, teacher_grams)
-        group_cka = self.group_values(matrix)
+            rows, _ = grouped_normalized_grams(teacher_feats, self.kernel, self.debiased, groups=self.teacher_plan,
+                                               release=release)
+        return rows
+
+    def term(self, student_feats: Sequence[torch.Tensor], teacher_rows: torch.Tensor):
+        """(loss, CKA_Gi detached, matrix detached in plan order) from the student's layers and
+        `teacher_grams`' rows of the same batch."""
+        student_rows, _ = grouped_normalized_grams(student_feats, self.kernel, self.debiased, groups=self.student_plan)
+        matrix = cka_from_grams(student_rows, teacher_rows)
+        if self.reduce == 'mean':  # the common case in a few products (count precomputed)
+            group_cka = (matrix.unsqueeze(0) * self.plan_mask).sum(dim=(1, 2)) / self.plan_count
+        else:
+            group_cka = self.group_values(matrix, self.plan_mask)
         distance = 1.0 - group_cka
         if self.agg == 'mean':
             loss = distance.mean()
@@ -121,6 +155,31 @@ class CKAGroupLoss(nn.Module):
         else:
             loss = (self.weights * distance).sum()
         return loss, group_cka.detach(), matrix.detach()
+
+    def layer_order(self, matrix: torch.Tensor) -> torch.Tensor:
+        """A plan-order matrix (`term`'s) in layer order."""
+        rows = torch.tensor(_inverse(self.student_order), device=matrix.device)
+        cols = torch.tensor(_inverse(self.teacher_order), device=matrix.device)
+        return matrix[rows][:, cols]
+
+    def forward(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]):
+        if student_feats[0].shape[0] < self.min_samples:
+            return None
+        if self.student_plan is None:
+            self._set_plans(_widths(student_feats), _widths(teacher_feats))
+        loss, group_cka, matrix = self.term(student_feats, self.teacher_grams(teacher_feats))
+        return loss, group_cka, self.layer_order(matrix)
+
+
+def _widths(feats: Sequence[torch.Tensor]) -> List[int]:
+    return [int(np.prod(f.shape[1:])) for f in feats]
+
+
+def _inverse(order: Sequence[int]) -> List[int]:
+    inverse = [0] * len(order)
+    for position, layer in enumerate(order):
+        inverse[layer] = position
+    return inverse
 
 
 class CKAGroupDistiller(Distiller):
@@ -148,6 +207,9 @@ class CKAGroupDistiller(Distiller):
         add('--cka_reduce', type=str, default='mean', choices=['mean', 'min', 'max'])
         add('--cka_agg', type=str, default='mean', choices=['mean', 'sum', 'weighted'])
         add('--cka_weights', type=str, default=None, help='comma list of n group weights for --cka_agg weighted')
+        add('--cka_compile', type=str, default='auto', choices=['auto', 'on', 'off'],
+            help="compile the CKA term as one graph (torch.compile; falls back to eager with a note "
+                 "if that fails): 'auto' on CUDA and under --compile")
         add('--cka_gather', action='store_true',
             help='distributed runs: compute the CKA term on the global batch (every tapped layer output '
                  "is all-gathered, with gradient) instead of on each process's own batch")
@@ -193,10 +255,13 @@ class CKAGroupDistiller(Distiller):
         n = len(self.teacher_groups)
         self.loss = CKAGroupLoss(self.student_groups, self.teacher_groups, opt.cka_reduce, opt.cka_agg,
                                  parse_weights(opt.cka_weights, opt.cka_agg, n), opt.cka_kernel,
-                                 opt.cka_estimator == 'debiased')
+                                 opt.cka_estimator == 'debiased',
+                                 student_widths=models.layer_widths(ctx.student, self.layer_kind, ctx.input_shape),
+                                 teacher_widths=models.layer_widths(ctx.teacher, self.layer_kind, ctx.input_shape))
         print(f'ckagroup: teacher groups {self.teacher_groups} ({len(self.teacher_names)} '
               f'{self.layer_kind}), student groups {self.student_groups}')
         self.gather = bool(opt.cka_gather)  # --cka_gather: CKA on the global batch
+        self.term = compiled_or_eager(self.loss.term, compile_term(opt, ctx.device), 'the CKA-group term')
         self._device = ctx.device
         self._reset_epoch()
 
@@ -207,16 +272,32 @@ class CKAGroupDistiller(Distiller):
         """The layer outputs CKA compares, from one forward's outputs."""
         return out.blocks if self.taps == 'blocks' else list(out.feats[:-1])
 
-    def forward(self, student_out: ModelOutputs, teacher_out: ModelOutputs, batch: Batch) -> dict:
+    def prepare_teacher(self, teacher_out: ModelOutputs) -> ModelOutputs:
+        """The teacher's normalised Grams, right after its forward (under no_grad): only they
+        travel on, so its layer outputs are freed before the student's forward. None for a batch
+        too small for the estimator (a short last batch), which then adds no term.
+
+        --cka_gather: every rank's layer outputs are gathered first (rank order), so every rank
+        computes the same term on the global batch."""
         if not self.computes_term:
+            return teacher_out
+        feats = list(self.layers(teacher_out))
+        teacher_out.blocks = teacher_out.feats = None  # from here on `feats` holds the only references
+        if self.gather:
+            feats = list(collectives.gather_rows(feats, with_grad=False))
+        if feats[0].shape[0] < self.loss.min_samples:
+            return ModelOutputs(logits=teacher_out.logits)
+        return ModelOutputs(logits=teacher_out.logits, prepared=self.loss.teacher_grams(feats, release=True))
+
+    def forward(self, student_out: ModelOutputs, teacher_out: ModelOutputs, batch: Batch) -> dict:
+        if not self.computes_term or teacher_out.prepared is None:
             return {}
-        student_feats, teacher_feats = self.layers(student_out), self.layers(teacher_out)
-        if self.gather:  # every rank computes the same loss on the global batch
-            student_feats, teacher_feats = gather_layer_outputs(student_feats, teacher_feats)
-        result = self.loss(student_feats, teacher_feats)
-        if result is None:  # too few samples for the estimator (a last short batch)
-            return {}
-        loss, group_cka, matrix = result
+        student_feats = self.layers(student_out)
+        if self.gather:
+            # with gradient: the backward sends each rank the gradient of its own rows, summed over
+            # ranks, and DDP's averaging then yields the gradient of the global-batch term
+            student_feats = collectives.gather_rows(student_feats, with_grad=True)
+        loss, group_cka, matrix = self.term(student_feats, teacher_out.prepared)
         if self._matrix_sum is None:
             self._matrix_sum, self._group_sum = matrix.clone(), group_cka.clone()
         else:
@@ -251,17 +332,7 @@ class CKAGroupDistiller(Distiller):
         self._reset_epoch()
         if not batches:
             return {}
-        matrix = (matrix_sum / batches).cpu().double().numpy()
+        matrix = self.loss.layer_order(matrix_sum / batches).cpu().double().numpy()
         groups = (group_sum / batches).cpu().double().tolist()
         return run.log_cka_matrix('cka', MATRICES_FILE, epoch, matrix, groups, self.student_names,
                                   self.teacher_names, self.student_groups, self.teacher_groups)
-
-
-def gather_layer_outputs(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]):
-    """--cka_gather: every layer output concatenated over the ranks (rank order), the student's
-    with gradient (the backward sends each rank the gradient of its own rows, summed over ranks;
-    DDP's averaging then yields the gradient of the global-batch CKA term). Communication per
-    step: the sum of all tapped layer sizes x the global batch, forward, and the student's part
-    again backward. The identity in a single process."""
-    return (collectives.gather_rows(student_feats, with_grad=True),
-            collectives.gather_rows(teacher_feats, with_grad=False))

@@ -180,7 +180,7 @@ class DistillObjective:
 
     def __call__(self, batch: Batch):
         with torch.no_grad():
-            teacher_out = model_outputs(self.teacher, batch.images, self.distiller)
+            teacher_out = self.distiller.prepare_teacher(model_outputs(self.teacher, batch.images, self.distiller))
         return self.forward(batch, teacher_out)
 
 

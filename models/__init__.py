@@ -135,6 +135,24 @@ def layer_names(model: nn.Module, kind: str, input_shape: Sequence[int]) -> List
     raise ValueError(f"unknown layer kind {kind!r}; valid: {', '.join(LAYER_KINDS)}")
 
 
+def layer_widths(model: nn.Module, kind: str, input_shape: Sequence[int]) -> List[int]:
+    """Per-sample sizes (C x H x W) of the ``layer_outputs(model, ..., kind)`` layers, from one
+    forward of a zero image in eval mode under ``no_grad`` (modes restored: BN statistics never
+    change)."""
+    shape = tuple(int(d) for d in input_shape)[-3:]
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device('cpu')
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            outputs = layer_outputs(model, torch.zeros((1,) + shape, device=device), kind)
+    finally:
+        for m, training in modes:
+            m.training = training
+    return [int(o[0].numel()) for o in outputs]
+
+
 def layer_outputs(model: nn.Module, images: torch.Tensor, kind: str) -> List[torch.Tensor]:
     """One forward of ``model`` on ``images``; the outputs of the ``layer_names(model, kind)``
     layers (recorded by `open_tap`). Gradient and mode as the caller set them."""
@@ -147,5 +165,5 @@ def layer_outputs(model: nn.Module, images: torch.Tensor, kind: str) -> List[tor
 
 
 __all__ = ['model_dict', 'build_model', 'resolve_model_name', 'feature_shapes',
-           'FeatureTap', 'keep_tap', 'open_tap', 'LAYER_KINDS', 'layer_names', 'layer_outputs',
+           'FeatureTap', 'keep_tap', 'open_tap', 'LAYER_KINDS', 'layer_names', 'layer_outputs', 'layer_widths',
            'IMAGENET_RESNET50', 'IMAGENET_MODELS', 'is_imagenet_dataset']

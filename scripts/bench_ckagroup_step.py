@@ -13,15 +13,20 @@ Parts (``--parts``, default all):
   ratio of medians, ``--runs`` times, on the classic path (float32) and the fast path (bf16
   autocast + channels_last, the forward of ``--amp --channels_last``; ``--data_on_device`` only
   changes the loader, not the step; ``--compile MODE`` adds torch.compile to the fast path).
-  Targets: ckagroup / kd <= 1.05 classic and <= 1.20 fast on CPU, <= 1.15 on a GPU.
+  ``--term_compile on|off`` compiles the CKA term (``--cka_compile``) or keeps it eager; without
+  it the run's default applies (compiled on CUDA and under ``--compile``).
+  Targets: on a GPU ckagroup / kd <= 1.10 with the models eager (the term compiled) and <= 1.15
+  with ``--compile reduce-overhead``; on a CPU no worse than the parent commit's ratio, measured
+  the same way on the same machine.
   Each run also times the **Gram products alone** (float32, as the CKA term computes them: one
-  n x n product per teacher and student layer, and the student's one-product backward) and prints
-  the floor ratio (kd + products) / kd: what ckagroup would cost were everything but these exact
-  products free. A target below the floor needs fewer or cheaper products, not a faster loss.
-* ``memory``: peak memory of one step. CPU: peak RSS of a fresh subprocess that builds the models,
-  runs one warm-up step and then the measured step, its peak reset just before (Linux
-  ``clear_refs``), and the growth over the RSS at that point (what the step itself adds); CUDA: ``torch.cuda.max_memory_allocated``
-  over one step. Target: ckagroup <= 1.25 x kd.
+  batched n x n product per width group of teacher and student layers, and the student's
+  one-product backward) and prints the floor ratio (kd + products) / kd: what ckagroup would cost
+  were everything but these exact products free.
+* ``memory``: peak memory of one step, after a warm-up step. ``peak_tensor_bytes``: the largest sum
+  of the sizes of the tensor storages that the step allocated and that were alive at once (every
+  operator's outputs tallied by a dispatch mode, each storage counted until it is freed), taken
+  the same way on CPU and CUDA, so a CPU run predicts the GPU ratio; on CUDA also
+  ``torch.cuda.max_memory_allocated`` over the step. Target: ckagroup <= 1.25 x kd.
 * ``depth``: classic-path ratio for teachers of 16, 28 and 55 block layers (resnet32x4, resnet56,
   resnet110) with the ``--depth_student`` student, and a least-squares line through (teacher
   layers, extra ms of ckagroup over kd): the growth per teacher layer.
@@ -35,8 +40,10 @@ Parts (``--parts``, default all):
 * ``calls``: what a step asks of the host, counted, not timed (the same on any machine): the
   aten operator calls of one step (torch.profiler, innermost calls only) and its host reads
   (``tolist`` / ``item`` / ``bool`` / ``float`` / ``int`` of a tensor, each a wait for the device
-  on a GPU), kd against ckagroup on both paths. On a GPU a step this small is bound by these, not
-  by arithmetic.
+  on a GPU), kd against ckagroup on both paths (the term eager), and the graph breaks of the CKA
+  term under ``torch._dynamo.explain`` (traced, not compiled: fast on any machine). On a GPU a
+  step this small is bound by these, not by arithmetic. Targets: no host read; at most 150 extra
+  aten calls over kd on the classic path and 200 on the fast path; no graph break.
 * ``precompute``: the teacher-group precompute of a run (minibatch CKA of resnet32x4's 16 block
   layers over 10 batches of 64, then the grouping). Target: <= 15 s on 2 CPU cores.
 
@@ -51,15 +58,17 @@ The load average before and after each part is printed beside it: on a shared ma
 ratios, not milliseconds.
 """
 import argparse
+import contextlib
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
+import weakref
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -72,7 +81,6 @@ from helper.options import parse_student_options  # noqa: E402
 from helper.teacher_groups import compute_teacher_groups, pair_teacher_groups  # noqa: E402
 from helper.train import prepare_model  # noqa: E402
 from cka import cka_matrix  # noqa: E402
-from cka.estimators import _centre_gram, _gram_product  # noqa: E402  (the CKA term's own steps)
 
 METHODS = ('kd', 'ckagroup')
 DEPTH_TEACHERS = ('resnet32x4', 'resnet56', 'resnet110')
@@ -82,8 +90,20 @@ def machine(device: torch.device) -> str:
     if device.type == 'cuda':
         return f'{torch.cuda.get_device_name(device)}, torch {torch.__version__}'
     bf16 = 'native bf16' if cpu_has_native_bf16() else 'no native bf16'
-    return (f'CPU capability {torch.backends.cpu.get_cpu_capability()} ({bf16}), '
+    return (f'{cpu_model()}, CPU capability {torch.backends.cpu.get_cpu_capability()} ({bf16}), '
             f'{torch.get_num_threads()} threads, torch {torch.__version__}')
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), beside its capability: machines differ."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return 'unknown'
 
 
 def load() -> str:
@@ -108,8 +128,10 @@ def build_teacher(name: str, images: torch.Tensor, teacher_bn: str) -> torch.nn.
 
 
 def build_step(method: str, teacher_name: str, student_name: str, batch_size: int, device: torch.device,
-               fast: bool, compile_mode=None, teacher_bn: str = 'data'):
-    """One training step of `method` as train_student.py runs it; returns a callable."""
+               fast: bool, compile_mode=None, teacher_bn: str = 'data', term_compile=None):
+    """One training step of `method` as train_student.py runs it; returns a callable (with the
+    step's distiller and batch as attributes). `term_compile` 'on' / 'off': --cka_compile (None:
+    the run's default, and no flag, so the script also measures commits that predate it)."""
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, 32, 32, device=device)
     teacher = build_teacher(teacher_name, images, teacher_bn)
@@ -118,6 +140,8 @@ def build_step(method: str, teacher_name: str, student_name: str, batch_size: in
     argv = ['--distill', method, '--batch_size', str(batch_size), '--cka_batches', '2', '-b', '1']
     if fast:
         argv += ['--amp', '--channels_last']
+    if term_compile is not None:
+        argv += ['--cka_compile', term_compile]
     opt = parse_student_options(argv)
     opt.compile = compile_mode if fast else None
     groups_data = torch.utils.data.TensorDataset(images.cpu(), targets.cpu())
@@ -146,6 +170,7 @@ def build_step(method: str, teacher_name: str, student_name: str, batch_size: in
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
 
+    step.distiller, step.objective, step.batch, step.options = distiller, objective, batch, options
     return step
 
 
@@ -166,17 +191,27 @@ def flat_block_outputs(teacher_name: str, student_name: str, batch_size: int, de
     return flat
 
 
+def _by_width(layers: list) -> list:
+    """The layers stacked per flattened width, (k, n, p) each: the CKA term's batched products."""
+    groups = {}
+    for y in layers:
+        groups.setdefault(y.shape[1], []).append(y)
+    return [torch.stack(g) for g in groups.values()]
+
+
 def gram_products(teacher_name: str, student_name: str, batch_size: int, device: torch.device):
-    """A callable taking the CKA term's float32 Gram products of one step and nothing else:
-    forward products of every teacher and student block layer, and the student's backward ones."""
+    """A callable taking the CKA term's float32 Gram products of one step and nothing else: one
+    batched forward product per width group of teacher and of student block layers, and the
+    student's one-product backward."""
     flat = flat_block_outputs(teacher_name, student_name, batch_size, device, amp=False)
-    upstream = torch.randn(batch_size, batch_size, device=device)
+    teacher, student = _by_width(flat['teacher']), _by_width(flat['student'])
+    upstream = [torch.randn(y.shape[0], batch_size, batch_size, device=device) for y in student]
 
     def products():
-        for y in flat['teacher'] + flat['student']:
-            _gram_product(y)
-        for y in flat['student']:
-            upstream @ y
+        for y in teacher + student:
+            torch.bmm(y, y.transpose(1, 2))
+        for a, y in zip(upstream, student):
+            torch.bmm(a, y)
 
     products.gflop = 2 * batch_size ** 2 * (sum(y.shape[1] for y in flat['teacher'])
                                             + 2 * sum(y.shape[1] for y in flat['student'])) / 1e9
@@ -226,9 +261,10 @@ def part_step(args, device, where) -> dict:
     results = {}
     for path in ('classic', 'fast'):
         fast = path == 'fast'
-        label = path + (f' + compile {args.compile}' if fast and args.compile else '')
+        label = (path + (f' + compile {args.compile}' if fast and args.compile else '')
+                 + (f', term compile {args.term_compile}' if args.term_compile else ''))
         steps = {m: build_step(m, args.teacher, args.student, args.batch_size, device, fast, args.compile,
-                            args.teacher_bn)
+                               args.teacher_bn, args.term_compile)
                  for m in METHODS}
         products = gram_products(args.teacher, args.student, args.batch_size, device)
         runs = []
@@ -252,65 +288,71 @@ def floor_text(floor: dict) -> str:
             f'{floor["gflop_per_s"]:.0f} GFLOP/s), floor ratio {floor["floor_ratio"]:.3f}')
 
 
-def child_memory(args) -> None:
-    """--_memory_child: build one step, run it once, print this process's peak figures as JSON."""
-    device = torch.device(args.device)
-    step = build_step(args._memory_child, args.teacher, args.student, args.batch_size, device,
-                      args._fast, args.compile, args.teacher_bn)
+class StorageTally(TorchDispatchMode):
+    """Live bytes of the tensor storages that operators allocate while it is active, and their
+    peak: every operator output's storage is counted once, until it is freed. It sees what the
+    step allocates the same way on any device (tensors alive before it started are not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._counted = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor) and tensor.device.type != 'meta':
+                self._count(tensor.untyped_storage())
+        return out
+
+    def _count(self, storage) -> None:
+        key, size = storage.data_ptr(), storage.nbytes()
+        if not size or key in self._counted:
+            return
+        self._counted.add(key)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._freed, key, size)
+
+    def _freed(self, key, size) -> None:
+        self._counted.discard(key)
+        self.live -= size
+
+
+def step_memory(step, device: torch.device) -> dict:
+    """Peak tensor bytes of one step (after a warm-up step), and CUDA's max_memory_allocated."""
+    step()  # warm-up: optimiser state and lazy buffers exist before the measured step
+    figures = {}
     if device.type == 'cuda':
-        step()  # warm-up (allocator, cuDNN), then the measured step alone
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         step()
-        peak = torch.cuda.max_memory_allocated(device)
-        print(json.dumps({'peak_mb': peak / 2 ** 20, 'step_mb': (peak - base) / 2 ** 20}))
-        return
-    step()  # warm-up: optimiser state and allocator pools exist before the measured step
-    # reset the peak RSS (Linux: "5" > clear_refs) so that building the models and the teacher
-    # groups do not count; where that is not possible, the process's lifetime peak is reported
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-    except OSError:
-        pass
-    base = _status_kb('VmRSS')
-    step()
-    peak = _status_kb('VmHWM') or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({'peak_mb': peak / 1024, 'step_mb': (peak - base) / 1024}))
-
-
-def _status_kb(field: str) -> int:
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(field + ':'):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+        figures['max_memory_allocated'] = torch.cuda.max_memory_allocated(device)
+        figures['max_memory_allocated_step'] = figures['max_memory_allocated'] - base
+    with StorageTally() as tally:
+        step()
+    figures['peak_tensor_bytes'] = tally.peak
+    return figures
 
 
 def part_memory(args, device, where) -> dict:
     results = {}
     for path in ('classic', 'fast'):
-        figures = {}
-        for method in METHODS:
-            cmd = [sys.executable, os.path.abspath(__file__), '--_memory_child', method, '--device', args.device,
-                   '--teacher', args.teacher, '--student', args.student, '--batch_size', str(args.batch_size),
-                   '--teacher_bn', args.teacher_bn]
-            if path == 'fast':
-                cmd.append('--_fast')
-                if args.compile:
-                    cmd += ['--compile', args.compile]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            figures[method] = json.loads(out.strip().splitlines()[-1])
-        figures['peak_ratio'] = figures['ckagroup']['peak_mb'] / figures['kd']['peak_mb']
-        figures['step_ratio'] = figures['ckagroup']['step_mb'] / max(figures['kd']['step_mb'], 1e-9)
-        what = 'max_memory_allocated' if device.type == 'cuda' else 'peak RSS'
-        print(f'memory {path:8s}: {what} kd {figures["kd"]["peak_mb"]:.0f} MB, ckagroup '
-              f'{figures["ckagroup"]["peak_mb"]:.0f} MB, ratio {figures["peak_ratio"]:.3f}; added by the step '
-              f'kd {figures["kd"]["step_mb"]:.0f} MB, ckagroup {figures["ckagroup"]["step_mb"]:.0f} MB, ratio '
-              f'{figures["step_ratio"]:.3f} [{where}]', flush=True)
+        figures = {m: step_memory(build_step(m, args.teacher, args.student, args.batch_size, device, path == 'fast',
+                                             args.compile if path == 'fast' else None, args.teacher_bn,
+                                             args.term_compile), device)
+                   for m in METHODS}
+        figures['peak_tensor_ratio'] = figures['ckagroup']['peak_tensor_bytes'] / figures['kd']['peak_tensor_bytes']
+        cuda = ''
+        if device.type == 'cuda':
+            figures['max_memory_allocated_ratio'] = (figures['ckagroup']['max_memory_allocated']
+                                                     / figures['kd']['max_memory_allocated'])
+            cuda = (f'; max_memory_allocated kd {figures["kd"]["max_memory_allocated"] / 2**20:.0f} MB, ckagroup '
+                    f'{figures["ckagroup"]["max_memory_allocated"] / 2**20:.0f} MB, ratio '
+                    f'{figures["max_memory_allocated_ratio"]:.3f}')
+        print(f'memory {path:8s}: peak tensor bytes of a step kd {figures["kd"]["peak_tensor_bytes"] / 2**20:.1f} MB, '
+              f'ckagroup {figures["ckagroup"]["peak_tensor_bytes"] / 2**20:.1f} MB, ratio '
+              f'{figures["peak_tensor_ratio"]:.3f}{cuda} [{where}]', flush=True)
         results[path] = figures
     return results
 
@@ -320,7 +362,7 @@ def part_depth(args, device, where) -> dict:
     for teacher in DEPTH_TEACHERS:
         layers = len(models.build_model(teacher, num_classes=100).block_layer_names())
         steps = {m: build_step(m, teacher, args.depth_student, args.batch_size, device, False,
-                                teacher_bn=args.teacher_bn) for m in METHODS}
+                               teacher_bn=args.teacher_bn, term_compile=args.term_compile) for m in METHODS}
         before = load()
         fig = step_figures(interleaved(steps, args.repeats, args.warmup))
         floor = products_figures(gram_products(teacher, args.depth_student, args.batch_size, device),
@@ -341,11 +383,21 @@ def part_depth(args, device, where) -> dict:
     return {'rows': rows, 'fit': fit}
 
 
+def _u_centred(grams: torch.Tensor) -> torch.Tensor:
+    """U-centred (debiased HSIC) Grams (L, n, n), written out here for the reduced-precision variant."""
+    n = grams.shape[-1]
+    off = 1.0 - torch.eye(n, dtype=grams.dtype, device=grams.device)
+    grams = grams * off
+    rows = grams.sum(dim=2, keepdim=True) / (n - 2)
+    total = grams.sum(dim=(1, 2), keepdim=True) / ((n - 1) * (n - 2))
+    return (grams - rows - rows.transpose(1, 2) + total) * off
+
+
 def _bf16_product_cka(student: list, teacher: list) -> torch.Tensor:
     """Debiased linear CKA matrix whose Grams are bf16 products rounded to bf16 (torch's CPU mm)."""
     def normalised(layers):
-        grams = torch.stack([(y @ y.T).float() for y in layers])
-        centred = _centre_gram(grams, debiased=True).flatten(1)
+        grams = torch.stack([((y - y[:1]) @ (y - y[:1]).T).float() for y in layers])
+        centred = _u_centred(grams).flatten(1)
         return centred / centred.norm(dim=1, keepdim=True)
     return normalised(student) @ normalised(teacher).T
 
@@ -358,7 +410,7 @@ def part_reduced(args, device, where) -> dict:
     reduced = _bf16_product_cka(flat['student'], flat['teacher'])
     layers = flat['teacher'] + flat['student']
 
-    figures = {'float32_products_ms': median_ms(lambda: [_gram_product(y.float()) for y in layers],
+    figures = {'float32_products_ms': median_ms(lambda: [y.float() @ y.float().T for y in layers],
                                                 args.repeats, device),
                'bf16_products_ms': median_ms(lambda: [y @ y.T for y in layers], args.repeats, device),
                'float32_max_error': (exact.double() - reference).abs().max().item(),
@@ -386,7 +438,7 @@ def count_calls(step) -> dict:
             return originals[name](tensor, *args, **kwargs)
         return read
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with quiet_native_output(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for name in HOST_READS:
             setattr(torch.Tensor, name, counted(name))
         try:
@@ -399,6 +451,43 @@ def count_calls(step) -> dict:
     return {'aten_calls': innermost, 'host_reads': sum(reads.values()), 'host_reads_at': reads}
 
 
+@contextlib.contextmanager
+def quiet_native_output():
+    """Silence what native code writes to the process's stdout and stderr (the profiler's start and
+    stop lines, its 'gpuGetDeviceCount failed' on a machine without a GPU) inside the block."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, 'w') as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def term_graph_breaks(step):
+    """Graph breaks of the step's CKA term under torch._dynamo.explain (traced only, nothing
+    compiled), on the step's own inputs; None where the distiller has no separate term (commits
+    before it)."""
+    distiller = step.distiller
+    term = getattr(distiller, 'loss', None) and getattr(distiller.loss, 'term', None)
+    if term is None or not hasattr(distiller, 'prepare_teacher'):
+        return None
+    objective, batch = step.objective, step.batch
+    from helper.loops import model_outputs
+    with torch.no_grad(), step.options.autocast(batch.images.device):
+        teacher_out = distiller.prepare_teacher(model_outputs(objective.teacher, batch.images, distiller))
+        student_feats = distiller.layers(model_outputs(objective.student, batch.images, distiller))
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(term)(student_feats, teacher_out.prepared)
+    return explanation.graph_break_count
+
+
 def part_calls(args, device, where) -> dict:
     results = {}
     for path in ('classic', 'fast'):
@@ -406,15 +495,17 @@ def part_calls(args, device, where) -> dict:
         figures = {}
         for method in METHODS:
             step = build_step(method, args.teacher, args.student, args.batch_size, device, fast, None,
-                              args.teacher_bn)
+                              args.teacher_bn, 'off' if args.term_compile else None)
             step(), step()  # warm: lazy initialisation is not the steady state
             figures[method] = count_calls(step)
+            if method == 'ckagroup':
+                figures[method]['graph_breaks'] = term_graph_breaks(step)
         results[path] = figures
         kd, cka = figures['kd'], figures['ckagroup']
         print(f'calls {path:7s}: aten calls kd {kd["aten_calls"]}, ckagroup {cka["aten_calls"]} '
               f'(+{cka["aten_calls"] - kd["aten_calls"]}); host reads kd {kd["host_reads"]}, ckagroup '
-              f'{cka["host_reads"]} ({", ".join(f"{k} x{v}" for k, v in cka["host_reads_at"].items()) or "none"}) '
-              f'[{where}]', flush=True)
+              f'{cka["host_reads"]} ({", ".join(f"{k} x{v}" for k, v in cka["host_reads_at"].items()) or "none"}); '
+              f'graph breaks of the CKA term {cka["graph_breaks"]} [{where}]', flush=True)
     return results
 
 
@@ -446,17 +537,16 @@ def main():
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--runs', type=int, default=2, help='step-time runs per path')
     parser.add_argument('--compile', default=None, help='torch.compile mode for the fast path (e.g. reduce-overhead)')
+    parser.add_argument('--term_compile', choices=['on', 'off'], default=None,
+                        help="compile the CKA term (--cka_compile on) or keep it eager; default: the run's own choice "
+                             '(and no --cka_compile flag, so that commits before it can be measured too)')
     parser.add_argument('--parts', nargs='+', default=['step', 'memory', 'depth', 'reduced', 'calls', 'precompute'],
                         choices=['step', 'memory', 'depth', 'reduced', 'calls', 'precompute'])
     parser.add_argument('--teacher_bn', choices=['data', 'init'], default='data',
                         help="teacher BatchNorm statistics: set from the benchmark's batches (as a trained "
                              "teacher's track its data) or the initial ones")
     parser.add_argument('--json', default=None, help='also write every figure to this JSON file')
-    parser.add_argument('--_memory_child', default=None, help=argparse.SUPPRESS)
-    parser.add_argument('--_fast', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args._memory_child:
-        return child_memory(args)
     device = torch.device(args.device)
     where = machine(device)
     print(f'{args.teacher} -> {args.student}, batch {args.batch_size}, block taps, teacher BatchNorm statistics '
@@ -464,8 +554,9 @@ def main():
     started = time.perf_counter()
     parts = {'step': part_step, 'memory': part_memory, 'depth': part_depth, 'reduced': part_reduced,
              'calls': part_calls, 'precompute': part_precompute}
-    results = {'machine': where, 'teacher': args.teacher, 'student': args.student,
-               'batch_size': args.batch_size, 'compile': args.compile, 'teacher_bn': args.teacher_bn}
+    results = {'machine': where, 'cpu_model': cpu_model(), 'teacher': args.teacher, 'student': args.student,
+               'batch_size': args.batch_size, 'compile': args.compile, 'term_compile': args.term_compile,
+               'teacher_bn': args.teacher_bn}
     for name in args.parts:
         results[name] = parts[name](args, device, where)
     results['seconds'] = time.perf_counter() - started

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Every figure that needs a GPU, in one command (at most about 8.5 minutes: the stage limits add up
-# to 500 s; aimed at one H100/H200):
+# Every figure that needs a GPU, in one command (at most 5 minutes: the stage limits add up to
+# 300 s, so that a rerun fits in a 15-minute loan; aimed at one H100/H200):
 #
 #     bash scripts/gpu_check.sh [OUT_DIR]        # default OUT_DIR: gpu_check_results
 #
 # Needs only the repo and its requirements (python: $PYTHON, else .venv/bin/python, else python3).
 # Runs, each under its own time limit, on the first visible CUDA GPU:
 #   1. the CUDA-only tests (tests/test_fast_training.py, tests/test_classic_distillers.py -k cuda);
-#   2. the step-time and memory benchmark, kd vs ckagroup, classic and fast path
-#      (scripts/bench_ckagroup_step.py), then the fast path again with --compile reduce-overhead;
+#   2. the step-time, memory and call-count benchmark, kd vs ckagroup, classic and fast path, the
+#      CKA term compiled (scripts/bench_ckagroup_step.py --term_compile on), then the fast path
+#      again with --compile reduce-overhead;
 #   3. the fast-epoch benchmark on the synthetic set (scripts/bench_fast_epoch.py);
 #   4. a short end-to-end ckagroup run (teacher, then student, synthetic set, fast options).
 # Writes OUT_DIR/gpu_check.json (every figure, each stage's exit status and time) and
@@ -46,17 +47,17 @@ stage() {
     echo "   -> exit $rc in $((SECONDS - start)) s"
 }
 
-stage cuda_tests 100 "$PY" -m pytest -q -p no:cacheprovider tests/test_fast_training.py \
+stage cuda_tests 50 "$PY" -m pytest -q -p no:cacheprovider tests/test_fast_training.py \
     tests/test_classic_distillers.py -k "cuda" -rs
-stage step_memory 120 "$PY" scripts/bench_ckagroup_step.py --device cuda --repeats 30 --warmup 5 \
-    --runs 2 --parts step memory depth reduced calls precompute --json "$OUT/step_memory.json"
-stage step_compile 120 "$PY" scripts/bench_ckagroup_step.py --device cuda --repeats 30 --warmup 5 \
-    --runs 2 --parts step --compile reduce-overhead --json "$OUT/step_compile.json"
-stage fast_epoch 110 "$PY" scripts/bench_fast_epoch.py --dataset synthetic --device cuda --epochs 2 \
-    --train_per_class 200 --num_workers 4 --json "$OUT/fast_epoch.json"
+stage step_memory 120 "$PY" scripts/bench_ckagroup_step.py --device cuda --repeats 20 --warmup 5 \
+    --runs 2 --parts step memory calls --term_compile on --json "$OUT/step_memory.json"
+stage step_compile 80 "$PY" scripts/bench_ckagroup_step.py --device cuda --repeats 20 --warmup 5 \
+    --runs 2 --parts step --compile reduce-overhead --term_compile on --json "$OUT/step_compile.json"
+stage fast_epoch 30 "$PY" scripts/bench_fast_epoch.py --dataset synthetic --device cuda --epochs 2 \
+    --train_per_class 100 --num_workers 4 --json "$OUT/fast_epoch.json"
 E2E=(--dataset synthetic --device cuda --batch_size 64 --num_workers 4 --save_dir "$WORK/save"
      --data_on_device --amp --channels_last --print_freq 1000)
-stage end_to_end 50 bash -c '
+stage end_to_end 20 bash -c '
     set -e
     PY=$1; shift
     "$PY" train_teacher.py --model resnet20 --epochs 2 "$@"

@@ -42,9 +42,16 @@ for key in ('step_memory', 'step_compile'):
                f'{x["ratio"]:.3f} | {x["floor"]["products_ms"]:.2f} | {x["floor"]["floor_ratio"]:.3f} |'
                for i, x in enumerate(runs)]
     if r.get('memory'):
-        md += ['', '| path | kd peak MB | ckagroup peak MB | ratio |', '|---|---|---|---|']
-        md += [f'| {p} | {m["kd"]["peak_mb"]:.0f} | {m["ckagroup"]["peak_mb"]:.0f} | {m["peak_ratio"]:.3f} |'
-               for p, m in r['memory'].items()]
+        md += ['', '| path | kd peak tensor MB | ckagroup peak tensor MB | ratio | kd max_memory_allocated MB | '
+               'ckagroup max_memory_allocated MB | ratio |', '|---|---|---|---|---|---|---|']
+        for p, m in r['memory'].items():
+            cells = [p]
+            for key in ('peak_tensor', 'max_memory_allocated'):
+                bytes_key = key + '_bytes' if key == 'peak_tensor' else key
+                present = bytes_key in m['kd']
+                cells += [f'{m[method][bytes_key] / 2 ** 20:.0f}' if present else '' for method in ('kd', 'ckagroup')]
+                cells.append(f'{m[key + "_ratio"]:.3f}' if present else '')
+            md.append('| ' + ' | '.join(cells) + ' |')
     if r.get('depth'):
         md += ['', '| teacher | block layers | kd ms | ckagroup ms | ratio | floor ratio |',
                '|---|---|---|---|---|---|']
@@ -57,10 +64,10 @@ for key in ('step_memory', 'step_compile'):
                   f'{x["float32_products_ms"]:.2f} ms; largest CKA error against float64 {x["bf16_max_error"]:.1e} '
                   f'(float32: {x["float32_max_error"]:.1e}).')
     if r.get('calls'):
-        md += ['', '| path | kd aten calls | ckagroup aten calls | kd host reads | ckagroup host reads |',
-               '|---|---|---|---|---|']
+        md += ['', '| path | kd aten calls | ckagroup aten calls | kd host reads | ckagroup host reads | graph breaks of the term |',
+               '|---|---|---|---|---|---|']
         md += [f'| {p} | {c["kd"]["aten_calls"]} | {c["ckagroup"]["aten_calls"]} | {c["kd"]["host_reads"]} | '
-               f'{c["ckagroup"]["host_reads"]} |' for p, c in r['calls'].items()]
+               f'{c["ckagroup"]["host_reads"]} | {c["ckagroup"].get("graph_breaks")} |' for p, c in r['calls'].items()]
     if r.get('precompute'):
         md.append(f'\nTeacher-group precompute (resnet32x4, 10 batches of 64): {r["precompute"]["seconds"]:.2f} s.')
 fe = report['fast_epoch']

@@ -139,6 +139,9 @@ def test_every_listed_pair_takes_a_step(teacher, student):
     # the layer outputs of that same pass
     s_feats = [f.detach().double().numpy() for f in s_out.blocks]
     t_feats = [f.double().numpy() for f in t_out.blocks]
+    with torch.no_grad():
+        t_out = distiller.prepare_teacher(t_out)   # as the loop does: only the teacher's Grams go on
+    assert t_out.blocks is None and t_out.prepared is not None
     loss = distiller(s_out, t_out, Batch(images, torch.zeros(8, dtype=torch.long)))['ckagroup']
     loss.backward()
     s_groups, t_groups = distiller.student_groups, distiller.teacher_groups

@@ -134,7 +134,7 @@ def test_data_on_device_with_two_processes(teacher_path, tmp_path):
 
 # --------------------------------------------------------------------------- collectives
 def _collectives_worker(rank, url, out_dir):
-    from distiller_zoo.ckagroup import CKAGroupLoss, gather_layer_outputs
+    from distiller_zoo.ckagroup import CKAGroupLoss
     from helper.loops import _Sums, validate
 
     torch.set_num_threads(1)
@@ -158,7 +158,8 @@ def _collectives_worker(rank, url, out_dir):
     student, teacher, rows = _cka_problem(rank)
     local = [s[rows].clone().requires_grad_(True) for s in student]
     loss_fn = CKAGroupLoss([[0], [1]], [[0, 1], [2]])
-    gathered_s, gathered_t = gather_layer_outputs(local, [t[rows] for t in teacher])
+    gathered_s = collectives.gather_rows(local, with_grad=True)
+    gathered_t = collectives.gather_rows([t[rows] for t in teacher], with_grad=False)
     loss, _, matrix = loss_fn(gathered_s, gathered_t)
     loss.backward()
     results['cka'] = {'loss': loss.item(), 'matrix': matrix, 'grads': [x.grad for x in local]}
