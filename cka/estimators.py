@@ -169,24 +169,28 @@ def width_groups(widths: Sequence[int]) -> List[List[int]]:
     return sorted(groups.values(), key=lambda g: (int(widths[g[0]]) * len(g), g[0]))
 
 
-def _stacked(xs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(k, n, p) from k flattened (n, p) layers: one concatenation, a fresh tensor (for k = 1 a
-    view of the layer itself)."""
+def _stacked(xs: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """(k, n, p) from k flattened (n, p) layers: for k > 1 one concatenation straight into a fresh
+    ``dtype`` tensor (bf16 features upcast on the way, no bf16 copy in between); for k = 1 a view
+    of the layer itself."""
     if len(xs) == 1:
         return xs[0].unsqueeze(0)
-    n = xs[0].shape[0]
-    return torch.cat(list(xs)).view(len(xs), n, -1)
+    (n, p), k = xs[0].shape, len(xs)
+    if xs[0].dtype == dtype:
+        return torch.cat(list(xs)).view(k, n, p)
+    out = torch.empty((k * n, p), dtype=dtype, device=xs[0].device)
+    return torch.cat(list(xs), out=out).view(k, n, p)
 
 
 def _negated_stack(xs: Sequence[torch.Tensor], dtype: torch.dtype, scale=None, offset=None):
-    """:func:`_negated_features` of the stacked layers, ``(-Y, s, r s)``; in place on the fresh
-    concatenation when it already has the compute dtype (no second k x n x p buffer). ``scale``
-    and ``offset`` given (the backward): the forward's values, rebuilt bit for bit."""
-    X = _stacked(xs)
+    """:func:`_negated_features` of the stacked layers, ``(-Y, s, r s)``, in place on the fresh
+    concatenation (no second k x n x p buffer). ``scale`` and ``offset`` given (the backward): the
+    forward's values, rebuilt bit for bit."""
+    X = _stacked(xs, dtype)
     if scale is None:
         scale, offset = _scale_and_offset(X, dtype)
-    if len(xs) > 1 and X.dtype == dtype:
-        return X.mul_(-scale).add_(offset), scale, offset      # -X s + r s, rounded as addcmul
+    if len(xs) > 1:
+        return _negated_features(X, scale, offset, out=X), scale, offset
     return _negated_features(X, scale, offset), scale, offset
 
 
@@ -213,10 +217,10 @@ def _scale_and_offset(X: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor
         return scale, reference * scale
 
 
-def _negated_features(X: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """``-Y = r s - X s`` in one fused pass (it also upcasts bf16 features); a Gram does not see
-    the sign."""
-    return torch.addcmul(offset, X, scale, value=-1)
+def _negated_features(X: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, out=None) -> torch.Tensor:
+    """``-Y = r s - X s`` in one fused pass (it also upcasts bf16 features; ``out=X``: in place on a
+    fresh stack); a Gram does not see the sign."""
+    return torch.addcmul(offset, X, scale, value=-1, out=out)
 
 
 class _GroupGram(torch.autograd.Function):

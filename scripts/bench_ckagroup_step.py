@@ -40,7 +40,8 @@ Parts (``--parts``, default all):
 * ``calls``: what a step asks of the host, counted, not timed (the same on any machine): the
   aten operator calls of one step (torch.profiler, innermost calls only) and its host reads
   (``tolist`` / ``item`` / ``bool`` / ``float`` / ``int`` of a tensor, each a wait for the device
-  on a GPU), kd against ckagroup on both paths (the term eager), and the graph breaks of the CKA
+  on a GPU), kd against ckagroup on both paths (the term as ``--term_compile`` says: a compiled
+  term's kernels are not aten calls), and the graph breaks of the CKA
   term under ``torch._dynamo.explain`` (traced, not compiled: fast on any machine). On a GPU a
   step this small is bound by these, not by arithmetic. Targets: no host read; at most 150 extra
   aten calls over kd on the classic path and 200 on the fast path; no graph break.
@@ -259,7 +260,7 @@ def step_figures(times: dict) -> dict:
 
 def part_step(args, device, where) -> dict:
     results = {}
-    for path in ('classic', 'fast'):
+    for path in args.paths:
         fast = path == 'fast'
         label = (path + (f' + compile {args.compile}' if fast and args.compile else '')
                  + (f', term compile {args.term_compile}' if args.term_compile else ''))
@@ -337,7 +338,7 @@ def step_memory(step, device: torch.device) -> dict:
 
 def part_memory(args, device, where) -> dict:
     results = {}
-    for path in ('classic', 'fast'):
+    for path in args.paths:
         figures = {m: step_memory(build_step(m, args.teacher, args.student, args.batch_size, device, path == 'fast',
                                              args.compile if path == 'fast' else None, args.teacher_bn,
                                              args.term_compile), device)
@@ -490,12 +491,12 @@ def term_graph_breaks(step):
 
 def part_calls(args, device, where) -> dict:
     results = {}
-    for path in ('classic', 'fast'):
+    for path in args.paths:
         fast = path == 'fast'
         figures = {}
         for method in METHODS:
             step = build_step(method, args.teacher, args.student, args.batch_size, device, fast, None,
-                              args.teacher_bn, 'off' if args.term_compile else None)
+                              args.teacher_bn, args.term_compile)
             step(), step()  # warm: lazy initialisation is not the steady state
             figures[method] = count_calls(step)
             if method == 'ckagroup':
@@ -537,6 +538,9 @@ def main():
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--runs', type=int, default=2, help='step-time runs per path')
     parser.add_argument('--compile', default=None, help='torch.compile mode for the fast path (e.g. reduce-overhead)')
+    parser.add_argument('--paths', nargs='+', choices=['classic', 'fast'], default=['classic', 'fast'],
+                        help='the paths the step, memory and calls parts measure (the fast path on a CPU without '
+                             'native bf16 is slow: bf16 is emulated there)')
     parser.add_argument('--term_compile', choices=['on', 'off'], default=None,
                         help="compile the CKA term (--cka_compile on) or keep it eager; default: the run's own choice "
                              '(and no --cka_compile flag, so that commits before it can be measured too)')
