@@ -97,6 +97,11 @@ MONITOR_BATCHES = 4  # --cka_monitor_batches default: whole held-out batches the
 # docs/FAST_TRAINING.md's options: bf16 autocast forwards (the CKA math stays float32), images
 # cropped and flipped as tensors (throughput measured in docs/EVIDENCE.md, "Budget").
 FAST_OPTIONS = ('--data_on_device', '--amp', '--channels_last')
+# The same without bf16: the sessions that run a comparison land on different CPUs, and where bf16
+# is emulated (no AVX512-BF16 / AMX) an --amp step is many times slower than float32 (about 10x on
+# an AVX2 EPYC); float32 runs at a usable speed on every CPU, so a comparison spread over
+# sessions keeps one protocol.
+FLOAT32_OPTIONS = ('--data_on_device', '--channels_last')
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,7 @@ COMPARISONS = {c.name: c for c in (
     # curves and monitor on 200 held-out training images per class instead of test images.
     Comparison('resnet56_resnet8_family', RESNET56, 'resnet8', FAMILY_ROWS, seeds=(0, 1, 2, 3, 4),
                val_split_per_class=200, cka_row='ckagroup_b20', headline='ckagroup_b20',
+               train_options=FLOAT32_OPTIONS,
                notes=f'every family method at its published weights (CRD --nce_k {FAMILY_NCE_K}); '
                      'headline: ckagroup beta 20 with CKA groups'),
 )}
