@@ -77,6 +77,7 @@ import models  # noqa: E402
 from distiller_zoo import DistillContext, build_distiller  # noqa: E402
 from helper import stats  # noqa: E402
 from helper.checkpoint import freeze  # noqa: E402
+from helper.evidence import cpu_model  # noqa: E402
 from helper.loops import DistillObjective, StepOptions, cpu_has_native_bf16  # noqa: E402
 from helper.options import parse_student_options  # noqa: E402
 from helper.teacher_groups import compute_teacher_groups, pair_teacher_groups  # noqa: E402
@@ -93,18 +94,6 @@ def machine(device: torch.device) -> str:
     bf16 = 'native bf16' if cpu_has_native_bf16() else 'no native bf16'
     return (f'{cpu_model()}, CPU capability {torch.backends.cpu.get_cpu_capability()} ({bf16}), '
             f'{torch.get_num_threads()} threads, torch {torch.__version__}')
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), beside its capability: machines differ."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return 'unknown'
 
 
 def load() -> str:
