@@ -177,3 +177,16 @@ def test_teacher_list_released_group_by_group():
     rows, _ = grouped_normalized_grams(feats, 'linear', True, release=True)
     assert feats == [] and all(r() is None for r in refs)
     torch.testing.assert_close(rows, expected)
+
+
+@pytest.mark.parametrize('name, kind', [('resnet32x4', 'blocks'), ('MobileNetV2', 'blocks'), ('vgg8', 'stages')])
+def test_layer_widths_are_the_tapped_outputs_sizes(name, kind):
+    """The widths the loss groups by, from one probe forward, equal those of a training forward's
+    layer outputs, and the probe leaves the model's mode and BN statistics alone."""
+    torch.manual_seed(0)
+    model = models.build_model(name, 10).train()
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    widths = models.layer_widths(model, kind, (3, 32, 32))
+    assert model.training and all(torch.equal(v, stats[k]) for k, v in model.state_dict().items())
+    outputs = models.layer_outputs(model, torch.randn(4, 3, 32, 32), kind)
+    assert widths == [o[0].numel() for o in outputs] and len(widths) == len(outputs)
