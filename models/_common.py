@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import List, Tuple
 
 import torch
 from torch import nn
@@ -30,7 +30,8 @@ class ZooModel(nn.Module):
     """Interface shared by every model of the zoo.
 
     Subclasses set ``classifier_name`` (the module name of the final ``nn.Linear``) and
-    implement ``block_layer_names()`` and ``forward(x, is_feat=False, preact=False)``.
+    implement ``block_layer_names()`` and ``forward(x, is_feat=False, preact=False)``, or take
+    both from `StagedModel`.
     """
 
     classifier_name: str = 'fc'
@@ -49,6 +50,60 @@ class ZooModel(nn.Module):
             raise NotImplementedError(
                 f'{type(self).__name__} has no pre-activation features; call it with preact=False')
 
+
+
+class StagedModel(ZooModel):
+    """A stem, stages of blocks, a pooled vector, the classifier: the forward and block names of
+    the CIFAR ResNets, ResNet50, VGG, the ShuffleNets and the ImageNet ResNets / ShuffleNetV2.
+
+    ``stage_names`` are the stage attributes, each a sequence of blocks (a `Stage`, or any
+    sequential that returns ``(out, preact)`` for ``preact=True`` when the model supports it).
+    ``stem_tap`` is the module whose output is the stem's (the first block-level layer).
+    Subclasses override `_stem` (default conv1-bn1-relu), `_pooled` (default ``avgpool``) and
+    `_enter_stage` (default nothing) where theirs differ.
+    """
+
+    stage_names: Tuple[str, ...] = ('layer1', 'layer2', 'layer3')
+    stem_tap: str = 'relu'
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn1(self.conv1(x)))
+
+    def _enter_stage(self, index: int, x: torch.Tensor, input_height: int) -> torch.Tensor:
+        """What runs on ``x`` before stage ``index`` (VGG: its max-pools)."""
+        return x
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier input from the last stage's output."""
+        return self.avgpool(x).flatten(1)
+
+    def block_layer_names(self) -> List[str]:
+        names = [self.stem_tap]
+        for stage in self.stage_names:
+            names += [f'{stage}.{i}' for i in range(len(getattr(self, stage)))]
+        return names
+
+    def forward(self, x, is_feat: bool = False, preact: bool = False):
+        """Logits, or ``(feats, logits)`` with ``is_feat``: the stem output, each stage output
+        (post-ReLU, or its last block's pre-ReLU output with ``preact``), the pooled vector."""
+        self._check_preact(preact)
+        input_height = x.shape[2]
+        x = self._stem(x)
+        feats = [x]
+        for index, name in enumerate(self.stage_names):
+            x = self._enter_stage(index, x, input_height)
+            stage = getattr(self, name)
+            if preact:
+                x, pre = stage(x, preact=True)
+                feats.append(pre)
+            else:
+                x = stage(x)
+                feats.append(x)
+        vec = self._pooled(x)
+        logits = self.get_classifier()(vec)
+        if not is_feat:
+            return logits
+        return feats + [vec], logits
 
 def init_conv_bn_fan_out(model: nn.Module) -> None:
     """Kaiming-normal (fan_out, relu) convolutions, BN weight 1 / bias 0 (the older ResNets' init)."""

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 from typing import List, Sequence
 
+import torch
 from torch import nn
 from torchvision.models import mobilenetv2 as tv_mobilenetv2
 from torchvision.models import resnet as tv_resnet
 from torchvision.models import shufflenetv2 as tv_shufflenetv2
 
-from ._common import ZooModel, no_inplace_activations
+from ._common import StagedModel, ZooModel, no_inplace_activations
 
 _TV_WIDTHS = (64, 128, 256, 512)
 
 
-class ImageNetResNet(ZooModel, tv_resnet.ResNet):
+class ImageNetResNet(StagedModel, tv_resnet.ResNet):
     """torchvision ResNet (optionally with other stage widths, e.g. the x2 models).
 
     ``forward(x, is_feat=True)`` -> ``([f0, f1, f2, f3, f4, pooled], logits)``: f0 the stem output
@@ -30,6 +31,8 @@ class ImageNetResNet(ZooModel, tv_resnet.ResNet):
 
     classifier_name = 'fc'
     supports_preact = False
+    stage_names = ('layer1', 'layer2', 'layer3', 'layer4')
+    stem_tap = 'maxpool'  # the stem is tapped after its max-pool, = is_feat f0
 
     def __init__(self, block, layers: Sequence[int], num_classes: int = 1000,
                  widths: Sequence[int] = _TV_WIDTHS, **kwargs):
@@ -48,25 +51,8 @@ class ImageNetResNet(ZooModel, tv_resnet.ResNet):
                         nn.init.kaiming_normal_(sub.weight, mode='fan_out', nonlinearity='relu')
         no_inplace_activations(self)
 
-    def block_layer_names(self) -> List[str]:
-        """The stem (tapped after its max-pool, = is_feat f0), then every residual block."""
-        names = ['maxpool']
-        for s in (1, 2, 3, 4):
-            names += [f'layer{s}.{i}' for i in range(len(getattr(self, f'layer{s}')))]
-        return names
-
-    def forward(self, x, is_feat: bool = False, preact: bool = False):
-        self._check_preact(preact)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        feats = [x]
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = stage(x)
-            feats.append(x)
-        vec = self.avgpool(x).flatten(1)
-        logits = self.fc(vec)
-        if not is_feat:
-            return logits
-        return feats + [vec], logits
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
 
 class _CollectSequential(nn.Sequential):
@@ -108,12 +94,14 @@ class ImageNetMobileNetV2(ZooModel, tv_mobilenetv2.MobileNetV2):
         return feats + [vec], logits
 
 
-class ImageNetShuffleNetV2(ZooModel, tv_shufflenetv2.ShuffleNetV2):
+class ImageNetShuffleNetV2(StagedModel, tv_shufflenetv2.ShuffleNetV2):
     """torchvision ShuffleNetV2. ``forward(x, is_feat=True)`` -> ``([f0, f1, f2, f3, pooled], logits)``:
     f0 the stem after its max-pool, f1..f3 the stage outputs, then the pooled ``conv5`` output."""
 
     classifier_name = 'fc'
     supports_preact = False
+    stage_names = ('stage2', 'stage3', 'stage4')
+    stem_tap = 'maxpool'  # stem conv1 (conv-BN-ReLU) + max-pool
 
     def __init__(self, stages_repeats: Sequence[int], stages_out_channels: Sequence[int],
                  num_classes: int = 1000):
@@ -121,24 +109,11 @@ class ImageNetShuffleNetV2(ZooModel, tv_shufflenetv2.ShuffleNetV2):
                                               num_classes=num_classes)
         no_inplace_activations(self)
 
-    def block_layer_names(self) -> List[str]:
-        names = ['maxpool']  # stem conv1 (conv-BN-ReLU) + max-pool
-        for stage in ('stage2', 'stage3', 'stage4'):
-            names += [f'{stage}.{i}' for i in range(len(getattr(self, stage)))]
-        return names
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.conv1(x))
 
-    def forward(self, x, is_feat: bool = False, preact: bool = False):
-        self._check_preact(preact)
-        x = self.maxpool(self.conv1(x))
-        feats = [x]
-        for stage in (self.stage2, self.stage3, self.stage4):
-            x = stage(x)
-            feats.append(x)
-        vec = self.conv5(x).mean([2, 3])
-        logits = self.fc(vec)
-        if not is_feat:
-            return logits
-        return feats + [vec], logits
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv5(x).mean([2, 3])
 
 
 def _resnet(name: str, block, layers, widths=_TV_WIDTHS, doc: str = '', **kwargs):

@@ -5,11 +5,11 @@ repos: ``conv1``, ``bn1``, ``layer{1,2,3}.<i>.{conv1,bn1,conv2,bn2,downsample.{0
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Sequence
 
 from torch import nn
 
-from ._common import Stage, ZooModel, init_conv_bn_fan_out
+from ._common import Stage, StagedModel, init_conv_bn_fan_out
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -38,7 +38,7 @@ class BasicBlock(nn.Module):
         return (out, pre) if preact else out
 
 
-class ResNet(ZooModel):
+class ResNet(StagedModel):
     """CIFAR ResNet. ``forward(x, is_feat=True)`` -> ``([f0, f1, f2, f3, pooled], logits)``:
     f0 the post-ReLU stem, f1..f3 the post-ReLU stage outputs (pre-ReLU with ``preact=True``)."""
 
@@ -72,28 +72,6 @@ class ResNet(ZooModel):
         self.inplanes = planes * BasicBlock.expansion
         layers += [BasicBlock(self.inplanes, planes) for _ in range(1, blocks)]
         return Stage(*layers)
-
-    def block_layer_names(self) -> List[str]:
-        names = ['relu']  # stem conv1-bn1-relu, post-ReLU
-        for stage in ('layer1', 'layer2', 'layer3'):
-            names += [f'{stage}.{i}' for i in range(len(getattr(self, stage)))]
-        return names
-
-    def forward(self, x, is_feat: bool = False, preact: bool = False):
-        x = self.relu(self.bn1(self.conv1(x)))
-        feats = [x]
-        for stage in (self.layer1, self.layer2, self.layer3):
-            if preact:
-                x, pre = stage(x, preact=True)
-                feats.append(pre)
-            else:
-                x = stage(x)
-                feats.append(x)
-        x = self.avgpool(x).flatten(1)
-        logits = self.fc(x)
-        if not is_feat:
-            return logits
-        return feats + [x], logits
 
 
 def _cifar_resnet(name: str, depth: int, filters: Sequence[int]):

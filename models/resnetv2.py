@@ -6,11 +6,11 @@ The ImageNet ResNet-50 (torchvision layout) is ``ResNet50@imagenet`` (see ``mode
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Sequence
 
 from torch import nn
 
-from ._common import Stage, ZooModel, init_conv_bn_fan_out
+from ._common import Stage, StagedModel, init_conv_bn_fan_out
 
 
 class Bottleneck(nn.Module):
@@ -42,11 +42,12 @@ class Bottleneck(nn.Module):
         return (out, pre) if preact else out
 
 
-class CifarResNetBottleneck(ZooModel):
+class CifarResNetBottleneck(StagedModel):
     """``forward(x, is_feat=True)`` -> ``([f0, f1, f2, f3, f4, pooled], logits)``: post-ReLU stem
     and stage outputs (stage outputs pre-ReLU with ``preact=True``)."""
 
     classifier_name = 'linear'
+    stage_names = ('layer1', 'layer2', 'layer3', 'layer4')
 
     def __init__(self, num_blocks: Sequence[int], num_classes: int = 100):
         super().__init__()
@@ -68,31 +69,6 @@ class CifarResNetBottleneck(ZooModel):
             layers.append(Bottleneck(self.in_planes, planes, s))
             self.in_planes = planes * Bottleneck.expansion
         return Stage(*layers)
-
-    def _stages(self):
-        return (self.layer1, self.layer2, self.layer3, self.layer4)
-
-    def block_layer_names(self) -> List[str]:
-        names = ['relu']  # stem conv1-bn1-relu, post-ReLU
-        for s in range(1, 5):
-            names += [f'layer{s}.{i}' for i in range(len(getattr(self, f'layer{s}')))]
-        return names
-
-    def forward(self, x, is_feat: bool = False, preact: bool = False):
-        x = self.relu(self.bn1(self.conv1(x)))
-        feats = [x]
-        for stage in self._stages():
-            if preact:
-                x, pre = stage(x, preact=True)
-                feats.append(pre)
-            else:
-                x = stage(x)
-                feats.append(x)
-        x = self.avgpool(x).flatten(1)
-        logits = self.linear(x)
-        if not is_feat:
-            return logits
-        return feats + [x], logits
 
 
 def ResNet50(num_classes: int = 100) -> CifarResNetBottleneck:

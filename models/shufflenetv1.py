@@ -5,13 +5,13 @@ State-dict layout of the older repos: ``conv1``, ``bn1`` (1x1 stem, stride 1),
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import Stage, ZooModel, channel_shuffle
+from ._common import Stage, StagedModel, channel_shuffle, pooled
 
 
 class ShuffleBlock(nn.Module):
@@ -54,7 +54,7 @@ class Bottleneck(nn.Module):
         return (out, pre) if preact else out
 
 
-class ShuffleNetV1(ZooModel):
+class ShuffleNetV1(StagedModel):
     """``forward(x, is_feat=True)`` -> ``([f0, f1, f2, f3, pooled], logits)``: post-ReLU stem and
     stage outputs (stage outputs pre-ReLU with ``preact=True``)."""
 
@@ -81,27 +81,8 @@ class ShuffleNetV1(ZooModel):
             self.in_planes = out_planes
         return Stage(*layers)
 
-    def block_layer_names(self) -> List[str]:
-        names = ['relu']  # stem conv1-bn1-relu, post-ReLU
-        for s in (1, 2, 3):
-            names += [f'layer{s}.{i}' for i in range(len(getattr(self, f'layer{s}')))]
-        return names
-
-    def forward(self, x, is_feat: bool = False, preact: bool = False):
-        out = self.relu(self.bn1(self.conv1(x)))
-        feats = [out]
-        for stage in (self.layer1, self.layer2, self.layer3):
-            if preact:
-                out, pre = stage(out, preact=True)
-                feats.append(pre)
-            else:
-                out = stage(out)
-                feats.append(out)
-        vec = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        logits = self.linear(vec)
-        if not is_feat:
-            return logits
-        return feats + [vec], logits
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return pooled(x)
 
 
 def ShuffleV1(num_classes: int = 100) -> ShuffleNetV1:

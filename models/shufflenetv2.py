@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import Stage, ZooModel, channel_shuffle
+from ._common import Stage, StagedModel, channel_shuffle, pooled
 
 CONFIGS = {
     0.5: {'out_channels': (48, 96, 192, 1024), 'num_blocks': (3, 7, 3)},
@@ -100,7 +100,7 @@ class DownBlock(nn.Module):
         return self.shuffle(torch.cat([out1, out2], 1))
 
 
-class ShuffleNetV2(ZooModel):
+class ShuffleNetV2(StagedModel):
     """``forward(x, is_feat=True)`` -> ``([f0, f1, f2, f3, pooled], logits)``: post-ReLU stem and
     stage outputs, then the pooled output of the 1x1 head conv."""
 
@@ -127,28 +127,8 @@ class ShuffleNetV2(ZooModel):
         self.in_channels = out_channels
         return Stage(*layers)
 
-    def block_layer_names(self) -> List[str]:
-        names = ['relu']  # stem conv1-bn1-relu, post-ReLU
-        for s in (1, 2, 3):
-            names += [f'layer{s}.{i}' for i in range(len(getattr(self, f'layer{s}')))]
-        return names
-
-    def forward(self, x, is_feat: bool = False, preact: bool = False):
-        out = self.relu(self.bn1(self.conv1(x)))
-        feats = [out]
-        for stage in (self.layer1, self.layer2, self.layer3):
-            if preact:
-                out, pre = stage(out, preact=True)
-                feats.append(pre)
-            else:
-                out = stage(out)
-                feats.append(out)
-        out = F.relu(self.bn2(self.conv2(out)))
-        vec = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        logits = self.linear(vec)
-        if not is_feat:
-            return logits
-        return feats + [vec], logits
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return pooled(F.relu(self.bn2(self.conv2(x))))  # the 1x1 head conv, then the pool
 
 
 def ShuffleV2(num_classes: int = 100) -> ShuffleNetV2:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import List, Sequence
 
+import torch
 from torch import nn
 
-from ._common import ZooModel
+from ._common import StagedModel
 
 CFG = {
     'vgg8': [[64], [128], [256], [512], [512]],
@@ -46,11 +47,12 @@ def _make_block(widths: Sequence[int], batch_norm: bool, in_channels: int) -> VG
     return VGGBlock(*layers)
 
 
-class VGG(ZooModel):
+class VGG(StagedModel):
     """``forward(x, is_feat=True)`` -> ``([f0, f1, f2, f3, f4, pooled], logits)``, the post-ReLU
     block outputs (f1..f4 pre-ReLU with ``preact=True``)."""
 
     classifier_name = 'classifier'
+    stage_names = ('block1', 'block2', 'block3', 'block4')
 
     def __init__(self, cfg: Sequence[Sequence[int]], batch_norm: bool = True, num_classes: int = 100):
         super().__init__()
@@ -87,28 +89,18 @@ class VGG(ZooModel):
         return [f'block{k}.{step * j + step - 1}'
                 for k, widths in enumerate(self.cfg) for j in range(len(widths))]
 
-    def forward(self, x, is_feat: bool = False, preact: bool = False):
-        h = x.shape[2]
-        x = self.block0(x)
-        feats = [x]
-        blocks = (self.block1, self.block2, self.block3, self.block4)
-        pools = (self.pool0, self.pool1, self.pool2, None)
-        for block, pool in zip(blocks, pools):
-            if pool is not None:
-                x = pool(x)
-            elif h == 64:  # the older repos' rule: one more pool for 64x64 inputs
-                x = self.pool3(x)
-            if preact:
-                x, pre = block(x, preact=True)
-                feats.append(pre)
-            else:
-                x = block(x)
-                feats.append(x)
-        x = self.pool4(x).flatten(1)
-        logits = self.classifier(x)
-        if not is_feat:
-            return logits
-        return feats + [x], logits
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block0(x)
+
+    def _enter_stage(self, index: int, x: torch.Tensor, input_height: int) -> torch.Tensor:
+        if index < 3:
+            return getattr(self, f'pool{index}')(x)
+        if input_height == 64:  # the older repos' rule: one more pool for 64x64 inputs
+            return self.pool3(x)
+        return x
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool4(x).flatten(1)
 
 
 def _vgg(name: str):
