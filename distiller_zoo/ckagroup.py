@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 import models
-from cka import cka_from_grams, grouped_normalized_grams, min_cka_samples, validate_groups, width_groups
+from cka import (REDUCTIONS, block_masks, cka_from_grams, group_values, grouped_normalized_grams, inverse_order,
+                 min_cka_samples, validate_groups, width_groups)
 from distiller_zoo._common import compile_term, compiled_or_eager
 from distiller_zoo.base import Batch, DistillContext, Distiller, ModelOutputs
 from runtime import collectives
@@ -90,18 +91,11 @@ class CKAGroupLoss(nn.Module):
                  debiased: bool = True, student_widths: Optional[Sequence[int]] = None,
                  teacher_widths: Optional[Sequence[int]] = None):
         super().__init__()
-        if len(student_groups) != len(teacher_groups):
-            raise ValueError(f'{len(student_groups)} student groups for {len(teacher_groups)} teacher groups')
-        if reduce not in ('mean', 'min', 'max') or agg not in ('mean', 'sum', 'weighted'):
+        if reduce not in REDUCTIONS or agg not in ('mean', 'sum', 'weighted'):
             raise ValueError(f'unknown reduce {reduce!r} or agg {agg!r}')
         if (agg == 'weighted') != (weights is not None) or (weights is not None and len(weights) != len(teacher_groups)):
             raise ValueError('weights are needed with agg=weighted, one per group, and only then')
-        num_s = sum(len(g) for g in student_groups)
-        num_t = sum(len(g) for g in teacher_groups)
-        mask = torch.zeros(len(teacher_groups), num_s, num_t, dtype=torch.bool)
-        for i, (gs, gt) in enumerate(zip(student_groups, teacher_groups)):
-            mask[i, gs[0]:gs[-1] + 1, gt[0]:gt[-1] + 1] = True
-        self.register_buffer('mask', mask, persistent=False)
+        self.register_buffer('mask', block_masks(student_groups, teacher_groups), persistent=False)
         self.register_buffer('weights', torch.tensor(weights if weights else [1.0] * len(teacher_groups)),
                              persistent=False)
         self.student_groups, self.teacher_groups = student_groups, teacher_groups
@@ -120,16 +114,6 @@ class CKAGroupLoss(nn.Module):
         self.register_buffer('plan_mask', plan_mask, persistent=False)
         self.register_buffer('plan_count', plan_mask.sum(dim=(1, 2)).to(torch.float32), persistent=False)
 
-    def group_values(self, matrix: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """CKA_Gi of each group block of a layer-order matrix (`mask`: of another order)."""
-        mask = self.mask if mask is None else mask
-        blocks = matrix.unsqueeze(0)
-        if self.reduce == 'mean':
-            return (blocks * mask).sum(dim=(1, 2)) / mask.sum(dim=(1, 2))
-        if self.reduce == 'min':
-            return blocks.masked_fill(~mask, float('inf')).amin(dim=(1, 2))
-        return blocks.masked_fill(~mask, float('-inf')).amax(dim=(1, 2))
-
     def teacher_grams(self, teacher_feats: Sequence[torch.Tensor], release: bool = False) -> torch.Tensor:
         """The teacher's normalised Grams (rows in `teacher_order`), under no_grad. `release`
         (`teacher_feats` a list): the list is emptied, each layer dropped once its Gram is taken."""
@@ -143,10 +127,7 @@ class CKAGroupLoss(nn.Module):
         `teacher_grams`' rows of the same batch."""
         student_rows, _ = grouped_normalized_grams(student_feats, self.kernel, self.debiased, groups=self.student_plan)
         matrix = cka_from_grams(student_rows, teacher_rows)
-        if self.reduce == 'mean':  # the common case in a few products (count precomputed)
-            group_cka = (matrix.unsqueeze(0) * self.plan_mask).sum(dim=(1, 2)) / self.plan_count
-        else:
-            group_cka = self.group_values(matrix, self.plan_mask)
+        group_cka = group_values(matrix, self.plan_mask, self.reduce, sizes=self.plan_count)
         distance = 1.0 - group_cka
         if self.agg == 'mean':
             loss = distance.mean()
@@ -158,8 +139,8 @@ class CKAGroupLoss(nn.Module):
 
     def layer_order(self, matrix: torch.Tensor) -> torch.Tensor:
         """A plan-order matrix (`term`'s) in layer order."""
-        rows = torch.tensor(_inverse(self.student_order), device=matrix.device)
-        cols = torch.tensor(_inverse(self.teacher_order), device=matrix.device)
+        rows = torch.tensor(inverse_order(self.student_order), device=matrix.device)
+        cols = torch.tensor(inverse_order(self.teacher_order), device=matrix.device)
         return matrix[rows][:, cols]
 
     def forward(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]):
@@ -173,13 +154,6 @@ class CKAGroupLoss(nn.Module):
 
 def _widths(feats: Sequence[torch.Tensor]) -> List[int]:
     return [int(np.prod(f.shape[1:])) for f in feats]
-
-
-def _inverse(order: Sequence[int]) -> List[int]:
-    inverse = [0] * len(order)
-    for position, layer in enumerate(order):
-        inverse[layer] = position
-    return inverse
 
 
 class CKAGroupDistiller(Distiller):

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 import models
-from cka import CKAAccumulator, PairedGroups, min_cka_samples
-from distiller_zoo.ckagroup import CKAGroupLoss
+from cka import CKAAccumulator, PairedGroups, block_masks, group_values, min_cka_samples
 
 MONITOR_FILE = 'cka_monitor.json'
 
@@ -69,9 +68,9 @@ class CKAMonitor:
         self.student, self.teacher, self.kind = student, teacher, kind
         self.student_names, self.teacher_names = student_names, teacher_names
         self.student_groups, self.teacher_groups = student_groups, teacher_groups
-        self.images, self.kernel, self.debiased = images, kernel, debiased
+        self.images, self.kernel, self.debiased, self.reduce = images, kernel, debiased, reduce
         self.device = device
-        self.groups = CKAGroupLoss(student_groups, teacher_groups, reduce=reduce, debiased=debiased)
+        self.masks = block_masks(student_groups, teacher_groups)
 
     @torch.no_grad()
     def measure(self) -> tuple:
@@ -87,7 +86,7 @@ class CKAMonitor:
         finally:
             self.student.train(was_training)
         matrix = accumulator.matrix().float().cpu()
-        groups = self.groups.group_values(matrix)
+        groups = group_values(matrix, self.masks, self.reduce)
         return matrix.numpy().astype(np.float64), groups.tolist()
 
     def end_epoch(self, epoch: int, run) -> dict:

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from cka.estimators import (CKAAccumulator, cka, cka_from_grams, cka_matrix, hsic_terms,
-                        normalized_grams)
+from cka import CKAAccumulator, cka, cka_from_grams, cka_matrix, flatten_features, hsic_terms, normalized_grams
 
 ESTIMATORS = [("linear", False), ("linear", True), ("rbf", False), ("rbf", True)]
 
@@ -211,13 +210,12 @@ def test_huge_and_tiny_scales(kernel, debiased, scale):
 def test_channels_last_maps_flattened_without_copy(monkeypatch, debiased):
     """A channels_last map gives the CKA of its NCHW self (feature order does not matter) and is
     flattened as a view, not a transposing copy."""
-    import cka.estimators as cka_module
     g = torch.Generator().manual_seed(12)
     x = torch.randn(10, 4, 5, 6, generator=g)
     y = torch.randn(10, 3, 5, 6, generator=g) + x[:, :3]
     x_cl, y_cl = (t.contiguous(memory_format=torch.channels_last) for t in (x, y))
     assert not x_cl.is_contiguous()
-    flat = cka_module._flatten(x_cl, 10)
+    flat = flatten_features(x_cl, 10)
     assert flat.data_ptr() == x_cl.data_ptr() and flat.shape == (10, 120)
     torch.testing.assert_close(cka_matrix([x_cl], [y_cl], "linear", debiased),
                                cka_matrix([x], [y], "linear", debiased), rtol=1e-6, atol=1e-6)

@@ -185,7 +185,7 @@ def test_groups_to_json():
 
 def test_pipeline_accumulator_to_groups():
     """Teacher-like layers from two latent sources -> pooled minibatch CKA -> groups, stability."""
-    from cka.estimators import CKAAccumulator
+    from cka import CKAAccumulator
     g = torch.Generator().manual_seed(5)
     acc = CKAAccumulator("linear", debiased=True, keep_per_batch=True)
     for _ in range(3):
@@ -243,3 +243,29 @@ def test_random_split_is_uniform_over_contiguous_partitions():
 def test_random_split_rejects_more_groups_than_layers():
     with pytest.raises(ValueError, match="n must be <="):
         random_split(3, 4, 0)
+
+
+def test_group_values_reduce_each_paired_block():
+    """Each paired block's mean, min and max, against numpy on the block cut out by hand; the
+    same with the block sizes given; the plan order's masks on a permuted matrix give the same."""
+    from cka import block_masks, group_values, inverse_order
+    rng = np.random.default_rng(7)
+    matrix = rng.uniform(-0.2, 1.0, size=(5, 6))
+    student, teacher = [[0, 1], [2], [3, 4]], [[0], [1, 2, 3], [4, 5]]
+    masks = block_masks(student, teacher)
+    assert masks.shape == (3, 5, 6) and masks.sum().item() == 2 * 1 + 1 * 3 + 2 * 2
+    blocks = [matrix[np.ix_(s, t)] for s, t in zip(student, teacher)]
+    expected = {'mean': [b.mean() for b in blocks], 'min': [b.min() for b in blocks], 'max': [b.max() for b in blocks]}
+    tensor = torch.tensor(matrix)
+    for reduce, values in expected.items():
+        np.testing.assert_allclose(group_values(tensor, masks, reduce).numpy(), values, rtol=1e-12)
+    sizes = masks.sum(dim=(1, 2)).double()
+    np.testing.assert_allclose(group_values(tensor, masks, 'mean', sizes=sizes).numpy(), expected['mean'], rtol=1e-12)
+    rows, cols = [4, 0, 2, 1, 3], [5, 3, 0, 1, 4, 2]
+    assert [rows[j] for j in inverse_order(rows)] == [0, 1, 2, 3, 4]
+    permuted = group_values(tensor[rows][:, cols], masks[:, rows][:, :, cols], 'max')
+    np.testing.assert_allclose(permuted.numpy(), expected['max'], rtol=1e-12)
+    with pytest.raises(ValueError, match='2 student groups for 3 teacher groups'):
+        block_masks(student[:2], teacher)
+    with pytest.raises(ValueError, match='unknown reduce'):
+        group_values(tensor, masks, 'median')
