@@ -5,6 +5,7 @@ import hashlib
 import io
 import os
 import pickle
+import socket
 import struct
 import time
 import urllib.error
@@ -146,9 +147,27 @@ def test_absent_without_download_and_probe_is_bounded(tmp_path):
     with pytest.raises(DatasetUnavailableError, match="--data_folder"):
         build_datasets("cifar100", str(tmp_path), download=False)
     t0 = time.time()
-    assert net.can_reach("https://nonexistent.invalid/x.tar.gz", timeout=0.5) is False
-    assert isinstance(net.can_reach("http://10.255.255.1:81/", timeout=0.5), bool)
+    assert net.can_reach("https://nonexistent.invalid/x.tar.gz", timeout=0.5) is False  # .invalid never resolves
     assert time.time() - t0 < 3
+
+
+def test_can_reach_answers_for_local_hosts_whose_answer_is_known(monkeypatch):
+    """A listening port: True. A port that answers nothing (Linux drops the SYN while the accept
+    queue of a backlog-0 listener holds one connection): False after the timeout. A closed port:
+    False at once. A resolver that hangs: False by the deadline."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/"
+        assert net.can_reach(url, timeout=0.5) is True  # its connection now fills the accept queue
+        t0 = time.time()
+        assert net.can_reach(url, timeout=0.5) is False
+        assert 0.4 < time.time() - t0 < 3
+    assert net.can_reach(url, timeout=0.5) is False
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: time.sleep(5))
+    t0 = time.time()
+    assert net.can_reach("http://example.org/", timeout=0.3) is False
+    assert time.time() - t0 < 2
 
 
 def test_unknown_name():
@@ -307,10 +326,13 @@ def test_synthetic_deterministic_balanced(synth):
     assert d2.tobytes() == b.train.data.tobytes() and t2 == b.train.targets
     assert not np.array_equal(b.train.data[:1000], b.val.data)  # separate seeds
     img, t = b.train[0]
-    assert img.shape == (3, 32, 32) and img.dtype == torch.float32 and isinstance(t, int)
+    assert img.shape == (3, 32, 32) and img.dtype == torch.float32
+    assert isinstance(t, int) and t == t2[0]
     b2 = build_datasets("synthetic", "/ignored/folder", augment=False)
     assert b2.mean == b.mean and b2.train.data.tobytes() == b.train.data.tobytes()
-    torch.testing.assert_close(b2.train[5][0], b2.train[5][0])  # eval transform: deterministic
+    mean, std = torch.tensor(b2.mean)[:, None, None], torch.tensor(b2.std)[:, None, None]
+    raw = torch.from_numpy(d2[5]).permute(2, 0, 1).float() / 255  # eval transform: ToTensor, Normalize
+    torch.testing.assert_close(b2.train[5][0], (raw - mean) / std)
 
 
 def _tensors(ds):
@@ -454,7 +476,7 @@ def test_contrastive_on_folder_subset(tmp_path):
     assert b.train.targets == [0, 0, 1, 1, 2, 2]
     ds = ContrastiveDataset(b.train, k=3)
     _, t, i, c = ds[2]
-    assert c[0] == 2 and all(b.train.targets[j] != 1 for j in c[1:].tolist())
+    assert c.shape == (4,) and c[0] == 2 and all(b.train.targets[j] != 1 for j in c[1:].tolist())
 
 
 # ---------------------------------------------------------------- published archives, offline

@@ -131,7 +131,7 @@ def test_preact_features_are_the_pre_relu_stage_outputs(name):
         post, logits = model(x, is_feat=True)
         pre, logits_pre = model(x, is_feat=True, preact=True)
     assert torch.equal(logits, logits_pre)
-    assert [f.shape for f in pre] == [f.shape for f in post]
+    assert [list(f.shape[1:]) for f in pre] == [list(f.shape[1:]) for f in post] == REF[name]['is_feat_shapes']
     assert torch.equal(pre[0], post[0]) and torch.equal(pre[-1], post[-1])  # stem and pooled
     for p, q in zip(pre[1:-1], post[1:-1]):
         torch.testing.assert_close(torch.relu(p), q, rtol=0, atol=0)
@@ -142,6 +142,7 @@ def test_wrn_features_are_post_activation_and_pool_to_the_classifier_input():
     model = model_dict['wrn_40_1'](num_classes=10).eval()
     with torch.no_grad():
         feats, _ = model(torch.randn(2, 3, 32, 32), is_feat=True)
+    assert len(feats) == 5  # stem, three stages, pooled vector
     assert all((f >= 0).all() for f in feats)
     torch.testing.assert_close(feats[-2].mean((2, 3)), feats[-1])
 
@@ -152,6 +153,7 @@ def test_mobilenetv2_preact_is_the_same_features():
     with torch.no_grad():
         a, _ = model(x, is_feat=True)
         b, _ = model(x, is_feat=True, preact=True)
+    assert len(a) == len(b) == 6  # stem, four stages, pooled vector
     assert all(torch.equal(p, q) for p, q in zip(a, b))
 
 

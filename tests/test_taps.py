@@ -124,16 +124,17 @@ def test_resnet_taps_equal_manual_forward():
         torch.testing.assert_close(o, e, rtol=0, atol=0)
 
 
-def test_vgg_taps_equal_manual_forward():
+@pytest.mark.parametrize('size', [32, 64])
+def test_vgg_taps_equal_manual_forward(size):
     model = model_dict['vgg13'](num_classes=10).eval()
     _randomize_bn(model)
-    x = _input_for('vgg13')
+    x = _input_for('vgg13', size=size)
     outs, _ = _tap(model, x)
     expected = []
     with torch.no_grad():
         h = x
         for k in range(5):
-            if 0 < k < 4:  # no pool before block4 at 32x32 (the older repos' rule)
+            if 0 < k < 4 or (k == 4 and size == 64):  # the older repos' rule: block4 unpooled at 32x32
                 h = F.max_pool2d(h, 2, 2)
             block = getattr(model, f'block{k}')
             for j in range(len(model.cfg[k])):
@@ -200,6 +201,7 @@ def test_imagenet_resnet_taps_equal_manual_forward():
                 o = b.bn2(b.conv2(o))
                 h = F.relu(o + (b.downsample(h) if b.downsample is not None else h))
                 expected.append(h)
+    assert len(outs) == len(expected) == 9
     for o, e in zip(outs, expected):
         torch.testing.assert_close(o, e, rtol=0, atol=0)
 
@@ -225,12 +227,16 @@ def test_taps_change_no_output_parameter_or_bn_statistic_in_train_mode(name):
         feats_b, logits_b = tapped(x, is_feat=True)
         logits_b.sum().backward()
     assert torch.equal(logits_a, logits_b)
+    assert len(feats_a) == len(feats_b)
     assert all(torch.equal(a, b) for a, b in zip(feats_a, feats_b))
     sd_a, sd_b = plain.state_dict(), tapped.state_dict()
+    assert list(sd_a) == list(sd_b)
     for key in sd_a:  # BN running stats and num_batches_tracked moved identically
         assert torch.equal(sd_a[key], sd_b[key]), key
-    for (key, pa), pb in zip(plain.named_parameters(), tapped.parameters()):
-        assert torch.equal(pa.grad, pb.grad), key
+    params_a, params_b = dict(plain.named_parameters()), dict(tapped.named_parameters())
+    assert list(params_a) == list(params_b)
+    for key, pa in params_a.items():
+        assert torch.equal(pa.grad, params_b[key].grad), key
     assert len(tap.outputs) == len(tapped.block_layer_names())
 
 
@@ -238,6 +244,7 @@ def test_tap_outputs_keep_gradients():
     model = model_dict['resnet8x4'](num_classes=10).train()
     with FeatureTap(model, model.block_layer_names()) as tap:
         model(_input_for('resnet8x4'))
+    assert len(tap.outputs) == 4  # stem + 3 blocks
     assert all(o.requires_grad and o.grad_fn is not None for o in tap.outputs)
     sum(o.pow(2).mean() for o in tap.outputs).backward()
     assert model.conv1.weight.grad is not None and model.conv1.weight.grad.abs().sum() > 0
