@@ -75,9 +75,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models  # noqa: E402
 from distiller_zoo import DistillContext, build_distiller  # noqa: E402
-from helper import stats  # noqa: E402
+from experiments import stats  # noqa: E402
 from helper.checkpoint import freeze  # noqa: E402
-from helper.evidence import cpu_model  # noqa: E402
+from experiments.provenance import cpu_model  # noqa: E402
 from helper.loops import DistillObjective, StepOptions, cpu_has_native_bf16  # noqa: E402
 from helper.options import parse_student_options  # noqa: E402
 from helper.teacher_groups import compute_teacher_groups, pair_teacher_groups  # noqa: E402

@@ -1,11 +1,11 @@
-"""helper.stats: t quantiles against published table values and a float64 integral of the density,
+"""experiments.stats: t quantiles against published table values and a float64 integral of the density,
 paired differences and their interval against a hand-computed example."""
 import math
 
 import numpy as np
 import pytest
 
-from helper import stats
+from experiments import stats
 
 # Two-sided 95% Student-t critical values t_{0.975, df} (standard statistical tables, e.g. NIST/SEMATECH
 # e-Handbook 1.3.6.7.2), to 7 significant digits.

@@ -32,7 +32,7 @@ def learning_curves(curves: Dict[str, Sequence[Sequence[float]]], title: str) ->
 
 def forest_plot(differences: Dict[str, dict], baseline: str, title: str) -> plt.Figure:
     """One point per row at its mean paired difference against ``baseline`` with its interval
-    (helper.stats.paired_difference records); rows without an interval get a bare point."""
+    (experiments.stats.paired_difference records); rows without an interval get a bare point."""
     rows: List[str] = [row for row, d in differences.items() if d['mean'] is not None]
     figure, axes = plt.subplots(figsize=(6.5, 0.5 * len(rows) + 1.6))
     for y, row in enumerate(rows):

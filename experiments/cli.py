@@ -1,0 +1,141 @@
+"""Paired, multi-seed studies of distillation objectives (protocol and study files: docs/EVIDENCE.md).
+
+    python scripts/evidence.py list
+    python scripts/evidence.py run resnet56_resnet8 --data_folder ./data      # a shipped study, or: run all
+    python scripts/evidence.py run my_study.toml --data_folder ./data         # your own study file
+    python scripts/evidence.py summarise resnet56_resnet8                    # from the raw runs so far
+    python scripts/evidence.py estimate --smoke /tmp/smoke/resnet56_resnet8  # CPU-hours at full budget
+
+A study is a TOML file: the shipped ones are experiments/studies/<name>.toml, named by <name>; any
+other is given by its path and named by its file's stem. `run` trains the study's teacher, then every
+(row, seed) student with the same seeds for every row, writing each finished run's raw JSON to
+<results>/<study>/runs/ as it finishes, and the summary (summary.json, summary.md, curves.png,
+forest.png) at the end. Run it again after an interruption: finished runs are skipped, an
+interrupted one resumes from its last checkpoint. Budget overrides (--epochs, --teacher_epochs,
+seeds beyond the declared ones, ...) are for smoke tests and need a --results folder outside
+docs/results. `--seeds` with some of the declared seeds splits a study over processes: start the
+second once teacher.json is written, give each other seeds; each summary covers every finished run
+on disk. Arguments after `--` go to every student run.
+"""
+import argparse
+import json
+import os
+import sys
+
+from experiments.cost import estimate_hours, smoke_pair
+from experiments.runner import StudyRunner
+from experiments.study import Study, load_study, study_names, with_budget
+from experiments.summary import load_runs, summarise
+from runtime.errors import ConfigError
+
+EVIDENCE_RESULTS = os.path.join('docs', 'results')
+# budget flag -> the with_budget key it overrides
+BUDGET = {'epochs': 'student_epochs', 'lr_decay_epochs': 'student_lr_decay_epochs',
+          'train_per_class': 'student_train_per_class', 'val_per_class': 'student_val_per_class',
+          'val_split_per_class': 'student_val_split_per_class', 'seeds': 'seeds',
+          'teacher_epochs': 'teacher_epochs', 'teacher_lr_decay_epochs': 'teacher_lr_decay_epochs',
+          'teacher_train_per_class': 'teacher_train_per_class', 'teacher_val_per_class': 'teacher_val_per_class'}
+STUDY_HELP = 'a shipped study\'s name (see list) or the path of a study file (.toml)'
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='command', required=True)
+    sub.add_parser('list', help='the shipped studies')
+    for name in ('run', 'summarise'):
+        q = sub.add_parser(name)
+        q.add_argument('study', help=STUDY_HELP + (', or all of the shipped ones' if name == 'run' else ''))
+        q.add_argument('--results', default=EVIDENCE_RESULTS, help='where the raw runs and summaries go')
+        if name == 'run':
+            q.add_argument('--work', default=os.path.join('save', 'evidence'),
+                           help='run folders and checkpoints (keep the teacher checkpoints: the runs name their digest)')
+            q.add_argument('--data_folder', default='./data')
+            q.add_argument('--rows', nargs='+', default=None, help='a subset of the rows (default: all)')
+            q.add_argument('--num_workers', type=int, default=1)
+            q.add_argument('--epochs', type=int)
+            q.add_argument('--lr_decay_epochs')
+            q.add_argument('--train_per_class', type=int)
+            q.add_argument('--val_per_class', type=int)
+            q.add_argument('--val_split_per_class', type=int)
+            q.add_argument('--seeds', type=int, nargs='+')
+            q.add_argument('--teacher_epochs', type=int)
+            q.add_argument('--teacher_lr_decay_epochs')
+            q.add_argument('--teacher_train_per_class', type=int)
+            q.add_argument('--teacher_val_per_class', type=int)
+    q = sub.add_parser('estimate')
+    q.add_argument('--smoke', required=True, help='a smoke run\'s <results>/<study> folder')
+    q.add_argument('studies', nargs='*', help=STUDY_HELP + 's (default: every shipped one)')
+    return p
+
+
+def budgeted_study(args, study: Study) -> Study:
+    """The study at the command's budget; overrides other than a subset of the declared seeds make
+    smoke results, refused inside docs/results."""
+    overrides = {key: getattr(args, flag) for flag, key in BUDGET.items()}
+    if overrides['seeds'] is not None:
+        overrides['seeds'] = tuple(overrides['seeds'])
+    # a subset of the declared seeds splits the study over processes, not its budget
+    split = overrides['seeds'] is not None and set(overrides['seeds']) <= set(study.seeds)
+    overridden = [flag for flag, key in BUDGET.items() if overrides[key] is not None and not (key == 'seeds' and split)]
+    if overridden and os.path.abspath(args.results).startswith(os.path.abspath(EVIDENCE_RESULTS)):
+        raise ConfigError(f'budget overrides ({", ".join(overridden)}) make smoke results, not evidence; '
+                          f'pass --results outside {EVIDENCE_RESULTS}')
+    study = with_budget(study, **overrides)
+    unknown = [r for r in args.rows or () if r not in study.rows]
+    if unknown:
+        raise ConfigError(f'unknown rows {unknown} for {study.name}; choose from {", ".join(study.rows)}')
+    return study
+
+
+def _run(args, extra) -> None:
+    for name in study_names() if args.study == 'all' else [args.study]:
+        study = budgeted_study(args, load_study(name))
+        StudyRunner(study, args.results, args.work, args.data_folder, args.num_workers, extra).run(args.rows)
+        with open(os.path.join(args.results, study.name, 'summary.md')) as f:
+            print(f.read())
+
+
+def _summarise(args) -> None:
+    study = load_study(args.study)
+    folder = os.path.join(args.results, study.name)
+    with open(os.path.join(folder, 'teacher.json')) as f:
+        teacher = json.load(f)
+    summarise(study, teacher, load_runs(folder), folder)
+    with open(os.path.join(folder, 'summary.md')) as f:
+        print(f.read())
+
+
+def _estimate(args) -> None:
+    with open(os.path.join(args.smoke, 'teacher.json')) as f:
+        smoke = {'teacher': json.load(f), 'runs': load_runs(args.smoke)}
+    ran = smoke_pair(smoke)
+    for study in map(load_study, args.studies or study_names()):
+        if (study.teacher.model, study.student.model) != ran:
+            print(f'{study.name}: no estimate (the smoke ran {ran[0]} -> {ran[1]})')
+            continue
+        hours = estimate_hours(study, smoke)
+        rows = ', '.join(f'{r} {h:.1f}' for r, h in hours['student_hours'].items())
+        print(f'{study.name}: {hours["total_hours"]:.1f} CPU-hours (teacher {hours["teacher_hours"]:.1f}; '
+              f'{len(study.seeds)} seeds per row: {rows})')
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index('--') + 1:] if '--' in argv else []
+    argv = argv[:argv.index('--')] if '--' in argv else argv
+    args = parser().parse_args(argv)
+    try:
+        if args.command == 'list':
+            for study in map(load_study, study_names()):
+                print(f'{study.name}: {study.teacher.model} -> {study.student.model}, seeds {list(study.seeds)}, '
+                      f'rows {", ".join(study.rows)} ({study.notes})')
+        elif args.command == 'run':
+            _run(args, extra)
+        elif args.command == 'summarise':
+            _summarise(args)
+        else:
+            _estimate(args)
+    except ConfigError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,67 @@
+"""summary.md: a study's summary as a markdown table with the protocol it was measured under."""
+from typing import Optional
+
+from experiments.study import Study
+
+
+def markdown(study: Study, summary: dict) -> str:
+    teacher, student = summary['teacher'], study.student
+    reference, cka_row, alpha = study.reference, study.cka_row, summary['family_of_tests']['alpha']
+    lines = [f'### {study.name}: {teacher["model"]} -> {student.model}',
+             '',
+             f'Low data: the student trains on {student.train_per_class} images per class of {study.dataset}'
+             if student.train_per_class else f'The student trains on the whole {study.dataset} training set',
+             f'for {summary["epochs"]} epochs; top-1 on the full test set after the last epoch. Teacher: '
+             f'{teacher["test_top1_full"]:.2f}% after {teacher["epochs"]} epochs on {teacher["train_images"]} images '
+             f'(last-5 minus previous-5 epoch gain {_num(teacher["plateau_gain"])}, slope over the last 5 epochs '
+             f'{_num(teacher.get("final_slope"), 3)} points/epoch; over the 5 epochs before its first learning-rate '
+             f'decay {_num(teacher.get("pre_decay_slope"), 3)}). '
+             'Differences are paired over seeds, with an unadjusted 95% t-interval. Against '
+             f'{reference}: the two-sided paired t-test p, the Holm-adjusted p over the table\'s '
+             f'{summary["family_of_tests"]["tests"]} tests against {reference}, the seeds on which the row is ahead, '
+             f'and the verdict (\'ahead\' or \'behind\' where the adjusted p < {alpha}, else \'no difference found\'). '
+             f'Curves and flow CKA: {summary["curves_and_flow_on"]}.'
+             + (f' Headline row (declared before the runs): {study.headline}.' if study.headline else ''),
+             '',
+             f'| row | seeds | top-1 (mean ± std) | vs {reference} | p | Holm p | seeds ahead | verdict vs {reference} '
+             f'| vs {cka_row} (CKA groups) | curve gain, last 5 epochs '
+             '| slope, last 5 epochs (points/epoch) | slope, 5 epochs before the first decay | flow CKA |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for row, r in summary['rows'].items():
+        against = r['vs'].get(reference) or {}
+        ahead = f'{against["ahead"]}/{against["n"]}' if against else '–'
+        lines.append(f'| {row} | {len(r["seeds"])} | {_pm(r["top1"])} | {_diff(against)} | '
+                     f'{_p(against.get("p"))} | {_p(against.get("holm_p"))} | {ahead} | {r.get("verdict", "–")} | '
+                     f'{_diff(r["vs"].get(cka_row))} | {_num(r["plateau_gain"])} | {_num(r.get("final_slope"), 3)} | '
+                     f'{_num(r.get("pre_decay_slope"), 3)} | {_num(r["flow_cka"], 3)} |')
+    lines += ['', f'Pearson r of flow CKA and top-1 over rows: {_num(summary["flow_vs_accuracy_pearson_over_rows"], 3)}']
+    users = {}  # CKA-code version -> the rows whose runs used it
+    for row, r in summary['rows'].items():
+        for version in r.get('cka_code_hashes') or []:
+            users.setdefault(version, []).append(row)
+    if users:
+        lines += ['', 'CKA-term code (sha256 of every .py under cka/ and of the ckagroup code, first 12 digits): '
+                  + '; '.join(f'{version[:12]}: {", ".join(rows)}' for version, rows in sorted(users.items()))]
+    return '\n'.join(lines + [''])
+
+
+def _pm(summary: dict) -> str:
+    if summary['mean'] is None:
+        return '–'
+    return f'{summary["mean"]:.2f}' + (f' ± {summary["std"]:.2f}' if summary['std'] is not None else '')
+
+
+def _diff(d: Optional[dict]) -> str:
+    if not d or d['mean'] is None:
+        return '–'
+    if d['low'] is None:
+        return f'{d["mean"]:+.2f} (n={d["n"]}, no interval)'
+    return f'{d["mean"]:+.2f} [{d["low"]:+.2f}, {d["high"]:+.2f}] (n={d["n"]})'
+
+
+def _p(value: Optional[float]) -> str:
+    return '–' if value is None else f'{value:.3f}' if value >= 0.001 else f'{value:.1e}'
+
+
+def _num(value, digits=2) -> str:
+    return '–' if value is None else f'{value:.{digits}f}'

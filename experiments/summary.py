@@ -1,0 +1,144 @@
+"""A study's summary from its raw records: per row, top-1 over seeds, paired differences against
+the reference and the CKA row with their t-tests (Holm-adjusted over the rows against the
+reference), convergence of the mean curve, and flow CKA; written as summary.json, summary.md,
+curves.png and forest.png."""
+import json
+import os
+import statistics
+from typing import List, Optional, Sequence
+
+from cka import even_split
+from experiments import figures, stats
+from experiments.provenance import read_json
+from experiments.report import markdown
+from experiments.study import Study
+from helper.options import decay_epochs
+from helper.run_folder import write_json_atomic
+
+ALPHA = 0.05  # family-wise error rate of each table's tests against its reference
+
+
+def plateau(curve: Sequence[float], window: int = 5) -> Optional[float]:
+    """Mean of the last `window` epochs minus the mean of the `window` before: about 0 once the
+    curve has levelled off; None when the curve is shorter than two windows."""
+    if len(curve) < 2 * window:
+        return None
+    return statistics.fmean(curve[-window:]) - statistics.fmean(curve[-2 * window:-window])
+
+
+def final_slope(curve: Sequence[float], window: int = 5) -> Optional[float]:
+    """Least-squares slope of the last `window` epochs, in points per epoch: about 0 once the
+    curve has levelled off at its last learning rate (unlike `plateau`, not lifted by a learning
+    rate decay just before the window); None when the curve is shorter than the window."""
+    if len(curve) < window or window < 2:
+        return None
+    return stats.slope(range(window), curve[-window:])
+
+
+def pre_decay_slope(curve: Sequence[float], lr_decay_epochs: str, window: int = 5) -> Optional[float]:
+    """Least-squares slope, in points per epoch, of the `window` epochs up to the first learning
+    rate decay (epochs are 1-based; the rate drops after epoch `first`): about 0 when the curve had
+    levelled off at the initial rate, positive when the decay cut a rising curve short (the flat
+    end then says only that the rate became small). None when the curve does not reach the decay."""
+    first = min(decay_epochs(lr_decay_epochs))
+    if first < window or len(curve) < first or window < 2:
+        return None
+    return stats.slope(range(window), curve[first - window:first])
+
+
+def flow_cka(record: dict, teacher_groups: Optional[list]) -> Optional[float]:
+    """One yardstick of flow similarity for every row: the last monitored student x teacher matrix
+    averaged over the blocks of the student's layers split evenly into as many groups as the given
+    (CKA) teacher groups, paired in order, so that rows whose own groups differ (one group, random
+    groups) are measured alike."""
+    matrix = record.get('monitor_matrix')
+    if matrix is None or teacher_groups is None or len(matrix) < len(teacher_groups):
+        return None
+    student_groups = even_split(len(matrix), len(teacher_groups))
+    blocks = [statistics.fmean(matrix[i][j] for i in s for j in t) for s, t in zip(student_groups, teacher_groups)]
+    return statistics.fmean(blocks)
+
+
+def verdict(mean: Optional[float], adjusted_p: Optional[float]) -> str:
+    """'ahead' / 'behind' the reference where the Holm-adjusted p is below ALPHA, else 'no
+    difference found' (also without a test: fewer than two paired seeds)."""
+    if adjusted_p is None or adjusted_p >= ALPHA or not mean:
+        return 'no difference found'
+    return 'ahead' if mean > 0 else 'behind'
+
+
+def curves_and_flow_images(study: Study) -> str:
+    """Which images the students' per-epoch curves and CKA monitor (flow CKA) were measured on."""
+    student = study.student
+    if student.val_split_per_class:
+        return (f'{student.val_split_per_class} training images per class held out after the students\' '
+                f'{student.train_per_class} (the teacher trained on them); the test set gives only the final number')
+    if student.val_per_class:
+        return (f'test images: the first {student.val_per_class} per class of the test set (nothing was chosen '
+                'by them; the final number is the full test set)')
+    return 'the full test set'
+
+
+def load_runs(folder: str) -> List[dict]:
+    """The raw records under <folder>/runs, in file-name order."""
+    runs = os.path.join(folder, 'runs')
+    return [read_json(os.path.join(runs, f)) for f in sorted(os.listdir(runs)) if f.endswith('.json')] \
+        if os.path.isdir(runs) else []
+
+
+def _row_summary(study: Study, row: str, runs: dict, accuracy: dict, cka_groups: dict) -> dict:
+    """One row's entry of summary.json; `runs`: seed -> its record."""
+    curves = [runs[s]['curve'] for s in sorted(runs)]
+    mean_curve = [statistics.fmean(c[e] for c in curves) for e in range(min(map(len, curves)))]
+    flows = [f for f in (flow_cka(runs[s], cka_groups.get(s)) for s in sorted(runs)) if f is not None]
+    random_split = any(r.get('teacher_split') == 'random' for r in runs.values())
+    return {'seeds': sorted(runs), 'top1': stats.mean_std(list(accuracy[row].values())),
+            'vs': {b: stats.paired_difference(accuracy[row], accuracy[b]) for b in (study.reference, study.cka_row)
+                   if b in accuracy and b != row},
+            'plateau_gain': plateau(mean_curve), 'final_slope': final_slope(mean_curve),
+            'pre_decay_slope': pre_decay_slope(mean_curve, study.student.lr_decay_epochs),
+            'epoch_seconds': statistics.fmean(r['epoch_seconds'] for r in runs.values()),
+            'flow_cka': statistics.fmean(flows) if flows else None,
+            # a partition drawn per seed: which ones the row trained with
+            'random_partitions': sorted({json.dumps(r['teacher_groups']) for r in runs.values()})
+            if random_split else None,
+            'cka_code_hashes': sorted({r['cka_code_hash'] for r in runs.values() if 'cka_code_hash' in r}) or None}
+
+
+def summarise(study: Study, teacher: dict, records: List[dict], out: str) -> dict:
+    """Write summary.json, summary.md, curves.png and forest.png from the raw run records."""
+    reference = study.reference
+    by_row = {row: {r['seed']: r for r in records if r['row'] == row} for row in study.rows}
+    by_row = {row: runs for row, runs in by_row.items() if runs}
+    accuracy = {row: {s: r['test_top1_full'] for s, r in runs.items()} for row, runs in by_row.items()}
+    cka_groups = {s: r['teacher_groups'] for s, r in by_row.get(study.cka_row, {}).items()}
+    rows = {row: _row_summary(study, row, runs, accuracy, cka_groups) for row, runs in by_row.items()}
+    # the table's family of tests: every row's paired difference against the reference, adjusted together
+    adjusted = stats.holm({row: r['vs'][reference]['p'] for row, r in rows.items() if reference in r['vs']})
+    for row, p in adjusted.items():
+        rows[row]['vs'][reference]['holm_p'] = p
+        rows[row]['verdict'] = verdict(rows[row]['vs'][reference]['mean'], p)
+    flow_rows = [r for r in rows if rows[r]['flow_cka'] is not None]
+    summary = {'comparison': study.name, 'notes': study.notes, 'teacher': dict(
+        {k: teacher[k] for k in ('model', 'epochs', 'train_images', 'test_top1_full', 'plateau_gain', 'seconds')},
+        final_slope=final_slope(teacher['curve']) if 'curve' in teacher else None,
+        pre_decay_slope=pre_decay_slope(teacher['curve'], study.teacher.lr_decay_epochs)
+        if 'curve' in teacher else None),
+        'student': study.student.model, 'student_train_per_class': study.student.train_per_class,
+        'epochs': study.student.epochs, 'reference': reference, 'cka_row': study.cka_row,
+        'headline': study.headline, 'curves_and_flow_on': curves_and_flow_images(study),
+        'family_of_tests': {'against': reference, 'tests': sum(p is not None for p in adjusted.values()),
+                            'adjustment': 'Holm', 'alpha': ALPHA},
+        'rows': rows,
+        'flow_vs_accuracy_pearson_over_rows': stats.pearson([rows[r]['flow_cka'] for r in flow_rows],
+                                                            [rows[r]['top1']['mean'] for r in flow_rows])}
+    write_json_atomic(summary, os.path.join(out, 'summary.json'))
+    with open(os.path.join(out, 'summary.md'), 'w') as f:
+        f.write(markdown(study, summary))
+    figure = figures.learning_curves({row: [runs[s]['curve'] for s in sorted(runs)] for row, runs in by_row.items()},
+                                     study.name)
+    figures.save(figure, os.path.join(out, 'curves.png'))
+    figure = figures.forest_plot({row: rows[row]['vs'][reference] for row in rows if reference in rows[row]['vs']},
+                                 reference, study.name)
+    figures.save(figure, os.path.join(out, 'forest.png'))
+    return summary
