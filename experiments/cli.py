@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser('list', help='the shipped studies')
     for name in ('run', 'summarise'):
         q = sub.add_parser(name)
-        q.add_argument('study', help=STUDY_HELP + (', or all of the shipped ones' if name == 'run' else ''))
+        q.add_argument('study', help=STUDY_HELP + (', or all: every shipped one' if name == 'run' else ''))
         q.add_argument('--results', default=EVIDENCE_RESULTS, help='where the raw runs and summaries go')
         if name == 'run':
             q.add_argument('--work', default=os.path.join('save', 'evidence'),
@@ -52,16 +52,19 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument('--data_folder', default='./data')
             q.add_argument('--rows', nargs='+', default=None, help='a subset of the rows (default: all)')
             q.add_argument('--num_workers', type=int, default=1)
-            q.add_argument('--epochs', type=int)
-            q.add_argument('--lr_decay_epochs')
-            q.add_argument('--train_per_class', type=int)
-            q.add_argument('--val_per_class', type=int)
-            q.add_argument('--val_split_per_class', type=int)
-            q.add_argument('--seeds', type=int, nargs='+')
-            q.add_argument('--teacher_epochs', type=int)
-            q.add_argument('--teacher_lr_decay_epochs')
-            q.add_argument('--teacher_train_per_class', type=int)
-            q.add_argument('--teacher_val_per_class', type=int)
+            q.add_argument('--seeds', type=int, nargs='+',
+                           help='some of the declared seeds (a share of the study), or others (a smoke budget)')
+            smoke = q.add_argument_group('smoke budget (results outside docs/results only)')
+            smoke.add_argument('--epochs', type=int, help='the students\' epochs')
+            smoke.add_argument('--lr_decay_epochs', help='the students\' decay epochs, e.g. 1,2')
+            smoke.add_argument('--train_per_class', type=int, help='the students\' training images per class')
+            smoke.add_argument('--val_per_class', type=int, help='the students\' per-epoch test images per class')
+            smoke.add_argument('--val_split_per_class', type=int,
+                               help='the students\' per-epoch held-out training images per class')
+            smoke.add_argument('--teacher_epochs', type=int)
+            smoke.add_argument('--teacher_lr_decay_epochs')
+            smoke.add_argument('--teacher_train_per_class', type=int)
+            smoke.add_argument('--teacher_val_per_class', type=int, help='the teacher\'s per-epoch test images per class')
     q = sub.add_parser('estimate')
     q.add_argument('--smoke', required=True, help='a smoke run\'s <results>/<study> folder')
     q.add_argument('studies', nargs='*', help=STUDY_HELP + 's (default: every shipped one)')
