@@ -144,19 +144,21 @@ _KINDS = {  # kind -> (test, what the value must be)
     'number': (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, 'a positive number'),
     'flags': (lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v),
               'a list of command-line arguments as strings, e.g. ["--data_on_device"]'),
+    'decays': (lambda v: isinstance(v, str) and re.fullmatch(r'\d+(,\d+)*', v) is not None,
+               'the epochs after which the learning rate decays, e.g. "20,25"'),
     'seeds': (lambda v: isinstance(v, list) and bool(v) and all(_KINDS['integer'][0](s) for s in v)
               and len(set(v)) == len(v), 'a non-empty list of distinct whole numbers >= 0'),
     'table': (lambda v: isinstance(v, dict), 'a table ([name] and its keys)'),
 }
-# key -> (kind, required); the teacher's and the students' keys are their dataclasses' fields
+# key -> (kind, required); [teacher] and [student] have one key per field of their dataclass
 _STUDY_KEYS = {'notes': ('text', False), 'dataset': ('text', True), 'seeds': ('seeds', True),
                'reference': ('text', True), 'cka_row': ('text', True), 'headline': ('text', False),
                'teacher': ('table', True), 'student': ('table', True), 'rows': ('table', True)}
-_TEACHER_KEYS = {'model': ('text', True), 'epochs': ('count', True), 'lr_decay_epochs': ('text', True),
+_TEACHER_KEYS = {'model': ('text', True), 'epochs': ('count', True), 'lr_decay_epochs': ('decays', True),
                  'learning_rate': ('number', True), 'batch_size': ('count', True), 'seed': ('integer', True),
                  'train_options': ('flags', True), 'train_per_class': ('count', False),
                  'val_per_class': ('count', False)}
-_STUDENT_KEYS = {'model': ('text', True), 'epochs': ('count', True), 'lr_decay_epochs': ('text', True),
+_STUDENT_KEYS = {'model': ('text', True), 'epochs': ('count', True), 'lr_decay_epochs': ('decays', True),
                  'learning_rate': ('number', True), 'batch_size': ('count', True), 'train_options': ('flags', True),
                  'train_per_class': ('count', False), 'val_per_class': ('count', False),
                  'val_split_per_class': ('count', False)}
@@ -212,11 +214,11 @@ def load_study(name_or_path: str) -> Study:
     rows = {}
     for row, argv in top['rows'].items():
         if not ROW_NAME.fullmatch(row):
-            raise study_error(source, f'rows.{row}', 'a row name holds only letters, digits, _ and - (it names files); '
-                                                'rename it')
+            raise study_error(source, f'rows.{row}', 'a row name holds only letters, digits, _ and - (it names '
+                                                     'files); rename it')
         if not _KINDS['flags'][0](argv) or not argv:
-            raise study_error(source, f'rows.{row}', f'{argv!r} is not a list of train_student.py arguments as strings; '
-                                                'write it as e.g. ["--distill", "kd", "-b", "0"]')
+            raise study_error(source, f'rows.{row}', f'{argv!r} is not a list of train_student.py arguments as '
+                                                     'strings; write it as e.g. ["--distill", "kd", "-b", "0"]')
         rows[row] = tuple(argv)
     study = Study(name=os.path.splitext(os.path.basename(path))[0], source=source, dataset=top['dataset'],
                   teacher=TeacherRecipe(**_read_table(top['teacher'], _TEACHER_KEYS, 'teacher.', source)),
@@ -258,7 +260,7 @@ def _check_options(parser, parse, argv: List[str], source: str, key: str):
         parser.parse_args(argv)
         with contextlib.redirect_stdout(io.StringIO()):
             return parse(argv)
-    except (_ParserRefusal, ConfigError) as exc:
+    except (_ParserRefusal, ConfigError, ValueError) as exc:  # ValueError: a value the script cannot read
         raise study_error(source, key, str(exc)) from None
 
 
