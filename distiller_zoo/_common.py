@@ -71,15 +71,6 @@ class SmallBatchSafeBatchNorm2d(nn.BatchNorm2d):
         return super().forward(x)
 
 
-def compile_term(opt, device) -> bool:
-    """Whether a distiller compiles its loss term: --cka_compile on/off, or auto: on CUDA, where a
-    term of many small kernels is bound by their launches, and under --compile."""
-    choice = getattr(opt, 'cka_compile', 'auto')
-    if choice != 'auto':
-        return choice == 'on'
-    return torch.device(device).type == 'cuda' or getattr(opt, 'compile', None) is not None
-
-
 class _CompiledOrEager:
     """`fn` compiled as one graph (`torch.compile(fullgraph=True)`, static shapes), and `fn` itself
     for the rest of the run once compiling fails, at the first call or at a recompile (a short

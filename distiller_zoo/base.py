@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
 from cka import PairedGroups
+
+if TYPE_CHECKING:  # the settings' package builds on this module
+    from distiller_zoo.ckagroup.settings import CKASettings
 
 
 @dataclass
@@ -53,8 +56,10 @@ class DistillContext:
     device: torch.device
     opt: argparse.Namespace
     # The teacher's CKA groups paired with the student's (`needs_teacher_groups`), computed or
-    # loaded by helper.teacher_groups before the distiller is built.
+    # loaded by distiller_zoo.ckagroup.pair_teacher_groups before the distiller is built, and the
+    # run's parsed --cka_* options (distiller_zoo.ckagroup.CKASettings) they were paired with.
     groups: Optional[PairedGroups] = None
+    cka: Optional['CKASettings'] = None
     # `(dataset, k, mode) -> dataset` adding CRD's sample and contrast indices (dataset.ContrastiveDataset).
     contrastive_dataset: Optional[Callable] = None
 

@@ -5,9 +5,10 @@ At the end of each epoch the student and the teacher (both in eval mode, no grad
 fixed set of held-out batches (the first images of a seeded shuffle of the validation set); the
 student x teacher CKA matrix is pooled over those batches (minibatch CKA: HSIC terms averaged,
 then the ratio) and reduced to one value per paired group, with the same teacher groups, student
-groups and estimator as --distill ckagroup. It is logged like ckagroup's own matrix: TensorBoard
-scalars `monitor/group_<i>`, `monitor/group_mean` and `monitor/seconds` (its own cost), the heatmap `monitor/student_x_teacher`
-with the group blocks outlined, and the per-epoch matrices in `cka_monitor.json`.
+groups, estimator and reduction (`cka.group_values`) as --distill ckagroup. It is logged like
+ckagroup's own matrix: TensorBoard scalars `monitor/group_<i>`, `monitor/group_mean` and
+`monitor/seconds` (its own cost), the heatmap `monitor/student_x_teacher` with the group blocks
+outlined, and the per-epoch matrices in `cka_monitor.json`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 
 import models
 from cka import CKAAccumulator, PairedGroups, block_masks, group_values, min_cka_samples
+from distiller_zoo.ckagroup import CKASettings
 
 MONITOR_FILE = 'cka_monitor.json'
 
@@ -38,28 +40,30 @@ def held_out_batches(val_set, batches: int, batch_size: int, seed: int) -> list:
     return images
 
 
-def monitor_wanted(val_set, opt) -> bool:
+def monitor_wanted(val_set, settings: CKASettings, batch_size: int) -> bool:
     """Whether the run is monitored: --cka_monitor, and batches of the test set large enough for
     the estimator (if not, a note says why, now rather than after the first epoch)."""
-    if not opt.cka_monitor:
+    if not settings.monitor:
         return False
-    needed = min_cka_samples(opt.cka_estimator)
-    if min(len(val_set), opt.batch_size) < needed:
-        what = (f'the test set holds {len(val_set)} images' if len(val_set) < opt.batch_size
-                else f'--batch_size is {opt.batch_size}')
-        print(f'note: CKA monitoring is off for this run: {what} and the {opt.cka_estimator} CKA estimator '
+    needed = min_cka_samples(settings.estimator)
+    if min(len(val_set), batch_size) < needed:
+        what = (f'the test set holds {len(val_set)} images' if len(val_set) < batch_size
+                else f'--batch_size is {batch_size}')
+        print(f'note: CKA monitoring is off for this run: {what} and the {settings.estimator} CKA estimator '
               f'needs at least {needed} per batch')
         return False
     return True
 
 
-def build_monitor(student, teacher, groups: PairedGroups, val_set, opt, input_shape, device) -> 'CKAMonitor':
-    """The monitor of a run, measuring with the run's paired groups and --cka_* settings."""
-    kind = opt.cka_layers
-    images = held_out_batches(val_set, opt.cka_monitor_batches, opt.batch_size, opt.seed)
+def build_monitor(student, teacher, groups: PairedGroups, val_set, settings: CKASettings, *, batch_size: int,
+                  seed: int, input_shape, device) -> 'CKAMonitor':
+    """The monitor of a run, measuring with the run's paired groups and --cka_* settings on
+    `settings.monitor_batches` held-out batches of `batch_size` drawn by `seed`."""
+    kind = settings.layers
+    images = held_out_batches(val_set, settings.monitor_batches, batch_size, seed)
     return CKAMonitor(student, teacher, kind, models.layer_names(student, kind, input_shape),
                       models.layer_names(teacher, kind, input_shape), groups.student, groups.teacher,
-                      images, opt.cka_kernel, opt.cka_estimator == 'debiased', opt.cka_reduce, device)
+                      images, settings.kernel, settings.debiased, settings.reduce, device)
 
 
 class CKAMonitor:

@@ -14,6 +14,8 @@ from typing import List
 
 from dataset import DATASET_NAMES
 from distiller_zoo import distiller_class, distiller_names
+from distiller_zoo.ckagroup.settings import MONITOR_FLAGS
+from distiller_zoo.ckagroup.settings import add_options as add_cka_options
 from runtime.errors import ConfigError
 
 # The older repos train these models (students and teachers) with lr 0.01 whatever --learning_rate says.
@@ -114,14 +116,16 @@ def student_parser() -> argparse.ArgumentParser:
     add('-d', '--div', type=float, default=1.0, help='weight balance for KD')
     add('-b', '--beta', type=float, default=0.0, help='weight balance for other losses')
     add('--skip-validation', action='store_true', help='skip validation of teacher')
-    add('--cka_monitor', action=argparse.BooleanOptionalAction, default=True,
-        help='log the student x teacher CKA matrix on held-out batches each epoch, for any method '
-             '(with the --distill ckagroup grouping options)')
-    add('--cka_monitor_batches', type=int, default=4,
-        help='held-out validation batches (of --batch_size) the monitor measures on')
+    add_cka_options(parser, only=MONITOR_FLAGS)  # the CKA monitor of every method
     for name in distiller_names():
         distiller_class(name).add_options(parser.add_argument_group(f'--distill {name}'))
     return parser
+
+
+def plain_options(opt: argparse.Namespace) -> dict:
+    """The options as plain values (options.json, checkpoints loaded with weights_only=True)."""
+    return {k: v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v)
+            for k, v in vars(opt).items()}
 
 
 def decay_epochs(text) -> List[int]:
@@ -169,8 +173,6 @@ def parse_teacher_options(argv=None) -> argparse.Namespace:
 
 def parse_student_options(argv=None) -> argparse.Namespace:
     opt = _finish(student_parser().parse_args(argv))
-    if opt.cka_monitor_batches < 1:
-        raise ConfigError(f'--cka_monitor_batches {opt.cka_monitor_batches}: give at least 1 batch')
     for name in distiller_names():  # every flag is checked, whatever --distill (the CKA monitor reads ckagroup's)
         distiller_class(name).check_options(opt)
     return _low_lr_rule(opt, opt.model_s)

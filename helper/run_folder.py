@@ -1,5 +1,5 @@
-"""One folder per run: options, per-epoch metrics as JSON, TensorBoard events, checkpoints, and
-the per-epoch CKA matrices with their figures."""
+"""One folder per run: options, per-epoch metrics as JSON, TensorBoard events, checkpoints, the
+teacher's CKA groups and the per-epoch CKA matrices with their figures."""
 from __future__ import annotations
 
 import json
@@ -7,13 +7,16 @@ import os
 
 import numpy as np
 
-from cka import student_teacher_figure
+from cka import save_png, student_teacher_figure, teacher_caption, teacher_figure
 from helper.family_files import FAMILY_SCALARS
 from runtime.errors import ConfigError
 
 OPTIONS_FILE = 'options.json'
 METRICS_FILE = 'metrics.json'
 LAST_CKPT = 'ckpt_last.pth'
+# the teacher's CKA groups of a run (scripts/cka_groups.py writes the same two outside a run)
+GROUPS_FILE = 'cka_groups.json'
+GROUPS_PNG = 'cka_groups.png'
 
 
 def write_json_atomic(obj, path: str) -> None:
@@ -46,14 +49,19 @@ class RunFolder:
         if not resume and os.path.exists(last):
             raise ConfigError(f'run folder {path!r} already holds a checkpoint; pass --resume to '
                               'continue it, or change --trial / --save_dir for a new run')
-        self.saved_options = None
-        if resume and os.path.isfile(self.file(OPTIONS_FILE)):
-            try:
-                with open(self.file(OPTIONS_FILE)) as f:
-                    self.saved_options = json.load(f)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f'--resume: {self.file(OPTIONS_FILE)!r} is unreadable ({type(exc).__name__}); '
-                                  'restore it, or start a new --trial') from None
+        self.saved_options = self.read_json(OPTIONS_FILE) if resume else None
+
+    def read_json(self, name: str):
+        """The folder's JSON file `name` as a resumed run finds it, or None when there is none."""
+        path = self.file(name)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f'--resume: {path!r} is unreadable ({type(exc).__name__}); '
+                              'restore it, or start a new --trial') from None
 
     def _open(self) -> None:
         """Create the folder and write options.json, once, before the run's first file."""
@@ -100,6 +108,16 @@ class RunFolder:
         if self.enabled:
             self._open()
             write_json_atomic(obj, self.file(name))
+
+    def log_teacher_groups(self, record: dict, step: int) -> None:
+        """The run's teacher groups (`cka.groups_to_json`'s record): GROUPS_FILE, GROUPS_PNG and the
+        TensorBoard figure `cka/teacher`."""
+        self.write_json(GROUPS_FILE, record)
+        if self.enabled:
+            figure = teacher_figure(record['matrix'], record['layer_names'], record['groups'],
+                                    caption=teacher_caption(record['settings']))
+            save_png(figure, self.file(GROUPS_PNG))
+            self.log_figure('cka/teacher', figure, step)
 
     def log_cka_matrix(self, prefix: str, filename: str, epoch: int, matrix, group_values: list,
                        student_names, teacher_names, student_groups, teacher_groups) -> dict:

@@ -3,7 +3,7 @@
     python scripts/draw_results_figures.py [--data docs/results/figure_data.json] [--out docs/results]
 
 The data file holds, per PNG, what the project's figure builders take: a teacher matrix
-(`teacher`, as `python -m helper.teacher_groups` draws it), the teacher's matrix beside each row's
+(`teacher`, as `python scripts/cka_groups.py` draws it), the teacher's matrix beside each row's
 final student x teacher matrix (`matrices`, as scripts/evidence.py draws it) or runs over the
 epochs (`runs`, as scripts/plot_cka_runs.py draws it). Its `source` says where the numbers came from.
 """

@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models  # noqa: E402
-from cka import CKAAccumulator, boundary_stability, contiguous_groups, even_split  # noqa: E402
-from distiller_zoo.ckagroup import CKAGroupLoss  # noqa: E402
+from cka import (CKAAccumulator, block_masks, boundary_stability, contiguous_groups, even_split,  # noqa: E402
+                 group_values)
 from helper.checkpoint import load_teacher  # noqa: E402
-from helper.train import load_data  # noqa: E402
+from helper.setup import load_data  # noqa: E402
 
 
 def main():
@@ -69,9 +69,9 @@ def main():
         off_diagonal = matrix[~np.eye(len(matrix), dtype=bool)]
         groups = contiguous_groups(matrix, args.n_groups)
         stability = boundary_stability([m.numpy() for m in teacher_acc.per_batch], args.n_groups, pooled=matrix)
-        pairing = CKAGroupLoss(even_split(num_s, args.n_groups), groups, debiased=debiased)
-        start = pairing.group_values(paired.matrix().float()).numpy()
-        unrelated = pairing.group_values(control.matrix().float()).numpy()
+        masks = block_masks(even_split(num_s, args.n_groups), groups)
+        start = group_values(paired.matrix().float(), masks).numpy()
+        unrelated = group_values(control.matrix().float(), masks).numpy()
         print(f'\n[{name}]')
         print(f'  teacher off-diagonal CKA: min {off_diagonal.min():.3f}, median {np.median(off_diagonal):.3f}, '
               f'max {off_diagonal.max():.3f}')

@@ -1,5 +1,6 @@
 """Scaffolding shared by the tests: the argv of tiny training runs, parsed student options with
-every method's own defaults, and a DistillContext built by hand the way helper.train builds it.
+every method's own defaults, and a distillation (or its DistillContext) wired by
+helper.train.build_distillation, as a student run wires it.
 
 Test modules import these helpers (`from conftest import ...`; pytest puts tests/ on sys.path).
 """
@@ -8,10 +9,10 @@ import os
 import torch
 
 import models
-from dataset import ContrastiveDataset
-from distiller_zoo import DistillContext, distiller_class
+from distiller_zoo import DistillContext
+from distiller_zoo.ckagroup import CKASettings
 from helper.options import parse_student_options
-from helper.teacher_groups import pair_teacher_groups
+from helper.train import Distillation, build_distillation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,16 +49,18 @@ def student_options(*argv: str, **values):
     return opt
 
 
-def distill_context(student, teacher, opt, *, input_shape=(3, 32, 32), num_classes: int = 10,
-                    num_train_samples: int = 64, train_set=None, names=('student', 'teacher')) -> DistillContext:
-    """A DistillContext as helper.train builds it, on the CPU. When `opt.distill` needs the teacher
-    groups, they are paired by helper.teacher_groups from a teacher pass over `train_set` (or read
-    from --cka_group_file)."""
-    groups = None
-    if distiller_class(opt.distill).needs_teacher_groups:
-        groups = pair_teacher_groups(opt, student, teacher, names[1], input_shape, lambda: train_set,
-                                     torch.device('cpu'))
-    return DistillContext(student=student, teacher=teacher, student_name=names[0], teacher_name=names[1],
-                          num_classes=num_classes, input_shape=tuple(input_shape),
-                          num_train_samples=num_train_samples, device=torch.device('cpu'), opt=opt,
-                          groups=groups, contrastive_dataset=ContrastiveDataset)
+def distillation(student, teacher, opt, *, input_shape=(3, 32, 32), num_classes: int = 10,
+                 num_train_samples: int = 64, train_set=None, names=('student', 'teacher')) -> Distillation:
+    """`opt.distill`'s distillation as train_student.py builds it (`helper.train.build_distillation`),
+    on the CPU and without a CKA monitor. When the method's term needs the teacher groups (-b not
+    0), they are paired from a teacher pass over `train_set` (or read from --cka_group_file)."""
+    return build_distillation(opt, CKASettings.from_options(opt), student, teacher, names=tuple(names),
+                              input_shape=tuple(input_shape), num_classes=num_classes,
+                              num_train_samples=num_train_samples, device=torch.device('cpu'),
+                              grouping_set=lambda: train_set)
+
+
+def distill_context(student, teacher, opt, **kwargs) -> DistillContext:
+    """The DistillContext of `distillation(student, teacher, opt, **kwargs)`, for a test that builds
+    a method from it itself."""
+    return distillation(student, teacher, opt, **kwargs).ctx

@@ -9,12 +9,12 @@ import torch
 
 import models
 from cka import cka_matrix, grouped_normalized_grams, width_groups
-from conftest import distill_context, student_options
+from conftest import distillation, student_options
 from distiller_zoo import _common
 from distiller_zoo.base import Batch
-from distiller_zoo.ckagroup import CKAGroupDistiller, CKAGroupLoss
+from distiller_zoo.ckagroup import CKAGroupLoss, CKASettings
 from helper.checkpoint import freeze
-from helper.loops import DistillObjective, StepOptions, model_outputs
+from helper.loops import StepOptions, model_outputs
 
 HOST_READS = ('item', 'tolist', '__bool__', '__float__', '__int__', '__index__', 'numpy')
 
@@ -26,10 +26,9 @@ def _objective(teacher='resnet14', student='resnet8', **opts):
     values = dict(distill='ckagroup', cka_groups='2', cka_batches=1, batch_size=16, seed=0, beta=5.0)
     values.update(opts)
     data = torch.utils.data.TensorDataset(torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,)))
-    opt = student_options(**values)
-    distiller = CKAGroupDistiller(distill_context(s_model, t_model, opt, train_set=data))
+    wired = distillation(s_model, t_model, student_options(**values), train_set=data)
     batch = Batch(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
-    return DistillObjective(s_model, t_model, distiller, opt), distiller, batch
+    return wired.objective, wired.distiller, batch
 
 
 @pytest.mark.parametrize('amp', [False, True])
@@ -148,8 +147,8 @@ def test_compile_failure_falls_back_to_eager_with_one_line(monkeypatch, capsys):
     ('cpu', None, 'auto', False), ('cuda', None, 'auto', True), ('cpu', 'default', 'auto', True),
     ('cuda', None, 'off', False), ('cpu', None, 'on', True)])
 def test_when_the_term_is_compiled(device_type, compile_mode, choice, expected):
-    opt = student_options(distill='ckagroup', cka_compile=choice, compile=compile_mode)
-    assert _common.compile_term(opt, torch.device(device_type)) is expected
+    settings = CKASettings.from_options(student_options(distill='ckagroup', cka_compile=choice))
+    assert settings.compiles_term(torch.device(device_type), compile_mode) is expected
 
 
 def test_width_groups_and_group_order_values():

@@ -10,7 +10,7 @@ import torch
 
 import models
 from cka import block_masks, group_values
-from conftest import ROOT, distill_context, save_teacher, student_options, tiny_argv
+from conftest import ROOT, distillation, save_teacher, student_options, tiny_argv
 from distiller_zoo.base import Batch
 from distiller_zoo.ckagroup import CKAGroupDistiller, CKAGroupLoss
 from helper.checkpoint import freeze
@@ -57,18 +57,22 @@ def test_group_values_match_float64_reference():
     assert CKAGroupLoss(s_groups, t_groups)([s[:3] for s in student], [t[:3] for t in teacher]) is None
 
 
-def _ctx(student, teacher, **opts):
-    values = dict(distill='ckagroup', cka_groups='2', cka_batches=2, batch_size=16, seed=0)
+def _distillation(student, teacher, **opts):
+    values = dict(distill='ckagroup', beta=1.0, cka_groups='2', cka_batches=2, batch_size=16, seed=0)
     values.update(opts)
     data = torch.utils.data.TensorDataset(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))
-    return distill_context(student, teacher, student_options(**values), train_set=data)
+    return distillation(student, teacher, student_options(**values), train_set=data)
+
+
+def _distiller(student, teacher, **opts) -> CKAGroupDistiller:
+    return _distillation(student, teacher, **opts).distiller
 
 
 def test_optimising_the_cka_term_raises_every_group_and_spares_the_teacher():
     torch.manual_seed(1)
     teacher, student = models.build_model('resnet14', 10), models.build_model('vgg8', 10)
     freeze(teacher)
-    distiller = CKAGroupDistiller(_ctx(student, teacher, cka_groups='3'))
+    distiller = _distiller(student, teacher, cka_groups='3')
     images = torch.randn(16, 3, 32, 32)
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
     student.train()
@@ -132,7 +136,7 @@ def test_every_listed_pair_takes_a_step(teacher, student):
     torch.manual_seed(0)
     t_model, s_model = models.build_model(teacher, 10), models.build_model(student, 10)
     freeze(t_model)
-    distiller = CKAGroupDistiller(_ctx(s_model, t_model, cka_groups='4', batch_size=8, cka_batches=1))
+    distiller = _distiller(s_model, t_model, cka_groups='4', batch_size=8, cka_batches=1)
     images = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         t_out = model_outputs(t_model, images, distiller)
@@ -177,9 +181,9 @@ def test_bad_inputs_fail_before_training(tmp_path, capsys):
 def test_group_file_from_cli_is_accepted(tmp_path):
     path_t = _save_teacher(tmp_path, 'resnet8')
     out = tmp_path / 'groups'
-    result = subprocess.run([sys.executable, '-m', 'helper.teacher_groups', '--path_t', str(path_t),
-                             '--dataset', 'synthetic', '--train_per_class', '12', '--n_groups', '2',
-                             '--batches', '3', '--batch_size', '16', '--out', str(out), '--device', 'cpu'],
+    result = subprocess.run([sys.executable, 'scripts/cka_groups.py', '--path_t', str(path_t),
+                             '--dataset', 'synthetic', '--train_per_class', '12', '--cka_groups', '2',
+                             '--cka_batches', '3', '--batch_size', '16', '--out', str(out), '--device', 'cpu'],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     record = json.loads((out / 'cka_groups.json').read_text())
@@ -198,11 +202,11 @@ def test_ablations_even_teacher_groups_and_reversed_pairing():
     torch.manual_seed(0)
     teacher, student = models.build_model('resnet20', 10), models.build_model('resnet8', 10)
     freeze(teacher)
-    base = CKAGroupDistiller(_ctx(student, teacher, cka_groups='2'))
-    even = CKAGroupDistiller(_ctx(student, teacher, cka_groups='2', cka_teacher_split='even'))
+    base = _distiller(student, teacher, cka_groups='2')
+    even = _distiller(student, teacher, cka_groups='2', cka_teacher_split='even')
     assert even.teacher_groups == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]  # resnet20: stem + 9 blocks
     assert even.student_groups == base.student_groups == [[0, 1], [2, 3]]
-    reversed_ = CKAGroupDistiller(_ctx(student, teacher, cka_groups='2', cka_pairing='reversed'))
+    reversed_ = _distiller(student, teacher, cka_groups='2', cka_pairing='reversed')
     assert reversed_.teacher_groups == base.teacher_groups[::-1]
     matrix = torch.arange(40, dtype=torch.float32).reshape(4, 10) / 40
     first, last = base.teacher_groups
@@ -214,12 +218,11 @@ def test_ablations_even_teacher_groups_and_reversed_pairing():
 def test_taps_are_open_only_around_each_training_forward():
     """Block hooks exist while the loop's training forward runs, and at no other time: not after
     the distiller is built, not between steps, not while the deployed student predicts."""
-    from helper.loops import DistillObjective
     torch.manual_seed(0)
     teacher, student = models.build_model('resnet8', 10), models.build_model('resnet8', 10)
     freeze(teacher)
-    ctx = _ctx(student, teacher)
-    distiller = CKAGroupDistiller(ctx)
+    wired = _distillation(student, teacher)
+    distiller = wired.distiller
 
     def hooks(model):
         return sum(len(m._forward_hooks) for m in model.modules())
@@ -227,7 +230,7 @@ def test_taps_are_open_only_around_each_training_forward():
     seen = []
     student.register_forward_pre_hook(lambda module, args: seen.append(hooks(student)))
     assert hooks(student) == hooks(teacher) == 0
-    objective = DistillObjective(student, teacher, distiller, ctx.opt)
+    objective = wired.objective
     objective.train()
     images = torch.randn(8, 3, 32, 32)
     loss, terms, _ = objective(Batch(images, torch.zeros(8, dtype=torch.long)))
@@ -239,7 +242,7 @@ def test_taps_are_open_only_around_each_training_forward():
 
 
 def test_resume_reads_the_run_folders_groups_instead_of_grouping_again(tmp_path):
-    from helper.teacher_groups import pair_teacher_groups
+    from distiller_zoo.ckagroup import CKASettings, pair_teacher_groups
     from runtime.errors import ConfigError
     teacher, student = models.build_model('resnet20', 10), models.build_model('resnet8', 10)
     names = teacher.block_layer_names()
@@ -251,32 +254,36 @@ def test_resume_reads_the_run_folders_groups_instead_of_grouping_again(tmp_path)
     def no_data():
         raise AssertionError('the teacher was grouped again')
 
-    opt = student_options(distill='ckagroup', cka_groups='2')
-    groups = pair_teacher_groups(opt, student, teacher, 'resnet20', (3, 32, 32), no_data, torch.device('cpu'),
-                                 resume_file=str(path))
+    settings = CKASettings.from_options(student_options(distill='ckagroup', cka_groups='2'))
+
+    def resumed():  # what the run folder holds
+        return json.loads(path.read_text())
+
+    groups = pair_teacher_groups(settings, student, teacher, (3, 32, 32), no_data, torch.device('cpu'),
+                                 batch_size=64, seed=0, teacher_name='resnet20', resumed_record=resumed)
     assert groups.record == saved and groups.teacher == saved['groups'] and groups.student == [[0, 1], [2, 3]]
     fewer = len(names) - 1
     path.write_text(json.dumps(dict(saved, layer_names=names[:-1], matrix=np.eye(fewer).tolist(),
                                     groups=[[0], list(range(1, fewer))])))
     with pytest.raises(ConfigError, match="run folder's .* do not match the teacher's"):
-        pair_teacher_groups(opt, student, teacher, 'resnet20', (3, 32, 32), no_data, torch.device('cpu'),
-                            resume_file=str(path))
+        pair_teacher_groups(settings, student, teacher, (3, 32, 32), no_data, torch.device('cpu'),
+                            batch_size=64, seed=0, teacher_name='resnet20', resumed_record=resumed)
 
 
 def test_random_teacher_groups_follow_the_seed_and_are_recorded():
     torch.manual_seed(0)
     teacher, student = models.build_model('resnet20', 10), models.build_model('resnet8', 10)
     freeze(teacher)
-    contexts = {seed: _ctx(student, teacher, cka_groups='3', cka_teacher_split='random', seed=seed)
-                for seed in (0, 1, 2)}
-    runs = {seed: CKAGroupDistiller(ctx) for seed, ctx in contexts.items()}
+    wired = {seed: _distillation(student, teacher, cka_groups='3', cka_teacher_split='random', seed=seed)
+             for seed in (0, 1, 2)}
+    runs = {seed: w.distiller for seed, w in wired.items()}
     for seed, distiller in runs.items():
-        groups, record = distiller.teacher_groups, contexts[seed].groups.record
+        groups, record = distiller.teacher_groups, wired[seed].groups.record
         assert len(groups) == 3 and [i for g in groups for i in g] == list(range(10))  # resnet20: 10 taps
         assert record['groups'] == groups
         assert record['settings']['teacher_split'] == 'random'
         assert record['settings']['split_seed'] == seed
         assert distiller.student_groups == [[0, 1], [2], [3]]  # the student keeps its even split
-    again = CKAGroupDistiller(_ctx(student, teacher, cka_groups='3', cka_teacher_split='random', seed=1))
+    again = _distiller(student, teacher, cka_groups='3', cka_teacher_split='random', seed=1)
     assert again.teacher_groups == runs[1].teacher_groups
     assert len({tuple(map(tuple, d.teacher_groups)) for d in runs.values()}) > 1

@@ -194,7 +194,7 @@ def test_loader_hands_out_each_batchs_indices_with_its_images():
 
 def test_training_loaders_feed_crds_wrapper_and_refuse_one_without_batch_extras():
     from types import SimpleNamespace
-    from helper.train import make_loaders
+    from helper.setup import make_loaders
     from runtime.errors import ConfigError
     bundle = build_datasets('synthetic', train_per_class=3)
     opt = SimpleNamespace(data_on_device=True, batch_size=8, channels_last=False, num_workers=0, seed=0,

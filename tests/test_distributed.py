@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, distill_context, save_teacher, tiny_argv
+from conftest import ROOT, distillation, save_teacher, tiny_argv
 from crd.memory import ContrastMemory
 from helper import distributed
 from runtime import collectives
@@ -45,7 +45,7 @@ def _run_dir(save):
 def _evaluate_checkpoint(run_dir):
     """Top-1 of the saved student on the whole test set, in this one process."""
     import models
-    from helper.train import load_data
+    from helper.setup import load_data
     ckpt = torch.load(run_dir / 'ckpt_last.pth', weights_only=True)
     student = models.build_model(ckpt['arch'], num_classes=10)
     student.load_state_dict(ckpt['model'])
@@ -270,9 +270,9 @@ def test_unused_parameter_rule_holds_for_every_method():
 
 def _check_unused_rule():
     import models
-    from distiller_zoo import build_distiller, distiller_names
+    from distiller_zoo import distiller_names
     from distiller_zoo.base import Batch
-    from helper.loops import DistillObjective, find_unused_parameters
+    from helper.loops import find_unused_parameters
     from helper.options import parse_student_options
 
     torch.manual_seed(0)
@@ -284,10 +284,8 @@ def _check_unused_rule():
         teacher, student = models.build_model('resnet8', 10).eval(), models.build_model('resnet8', 10)
         for p in teacher.parameters():
             p.requires_grad_(False)
-        ctx = distill_context(student, teacher, opt, num_train_samples=16, train_set=data,
-                              names=('resnet8', 'resnet8'))
-        distiller = build_distiller(method, ctx)
-        objective = DistillObjective(student, teacher, distiller, opt)
+        wired = distillation(student, teacher, opt, num_train_samples=16, train_set=data, names=('resnet8', 'resnet8'))
+        distiller, objective = wired.distiller, wired.objective
         objective.train()
         index = torch.arange(8)
         contrast = torch.cat([index.view(-1, 1), (index.view(-1, 1) + torch.arange(1, 5)) % 16], dim=1)

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from conftest import tiny_argv
-from helper.train import main, prepare_model, run_student, run_teacher
+from helper.setup import prepare_model
+from helper.train import main, run_student, run_teacher
 from models.taps import FeatureTap
 
 TINY = tiny_argv(20, 10, 32, 2, 0.02)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import models
-from conftest import distill_context, save_teacher, tiny_argv
-from distiller_zoo import build_distiller, distiller_names
+from conftest import distillation, save_teacher, tiny_argv
+from distiller_zoo import distiller_names
 from helper import train as train_mod
 from helper.train import run_student
 
@@ -57,9 +57,8 @@ def test_method_trains_and_checkpoint_reloads(method, teacher_path, tmp_path, mo
     data = torch.utils.data.TensorDataset(torch.randn(48, 3, 32, 32), torch.randint(0, 10, (48,)))
     if method == 'ckagroup':  # the groups computed for the run, not new ones from other data
         opt.cka_group_file = str(run_dir / 'cka_groups.json')
-    ctx = distill_context(student, teacher.eval(), opt, num_train_samples=130, train_set=data,
-                          names=('resnet8', 'resnet8x4'))
-    distiller = build_distiller(method, ctx)
+    distiller = distillation(student, teacher.eval(), opt, num_train_samples=130, train_set=data,
+                             names=('resnet8', 'resnet8x4')).distiller
     distiller.load_state_dict(ckpt['distiller'])
     student.eval()
     distiller.eval()

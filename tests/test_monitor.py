@@ -14,8 +14,8 @@ from PIL import Image
 import models
 from conftest import ROOT, save_teacher, student_options, tiny_argv
 from helper.checkpoint import freeze
+from distiller_zoo.ckagroup import CKASettings, pair_teacher_groups
 from helper.monitor import build_monitor
-from helper.teacher_groups import pair_teacher_groups
 from helper.train import run_student
 from models.taps import FeatureTap
 from test_ckagroup import debiased_cka_reference
@@ -66,10 +66,12 @@ def test_monitor_matches_float64_reference():
     student, teacher = models.build_model('resnet8', 10), models.build_model('vgg8', 10)
     freeze(teacher)
     val = torch.utils.data.TensorDataset(torch.randn(40, 3, 32, 32), torch.zeros(40, dtype=torch.long))
-    opt = student_options(cka_groups='2', cka_batches=1, batch_size=20, seed=3, cka_monitor_batches=1)
+    settings = CKASettings.from_options(student_options(cka_groups='2', cka_batches=1, cka_monitor_batches=1))
     cpu = torch.device('cpu')
-    groups = pair_teacher_groups(opt, student, teacher, 'vgg8', (3, 32, 32), lambda: val, cpu)
-    monitor = build_monitor(student, teacher, groups, val, opt, (3, 32, 32), cpu)
+    groups = pair_teacher_groups(settings, student, teacher, (3, 32, 32), lambda: val, cpu, batch_size=20, seed=3,
+                                 teacher_name='vgg8')
+    monitor = build_monitor(student, teacher, groups, val, settings, batch_size=20, seed=3, input_shape=(3, 32, 32),
+                            device=cpu)
     student.train()
     matrix, groups = monitor.measure()
     assert student.training  # mode restored

@@ -67,20 +67,22 @@ def test_monitor_measures_a_test_set_smaller_than_one_batch(path_t, tmp_path):
 def test_monitor_off_with_a_reason_when_the_test_set_is_too_small(capsys):
     """3 test images: too few for the debiased estimator, said before training (2 suffice biased)."""
     from conftest import student_options
+    from distiller_zoo.ckagroup import CKASettings, pair_teacher_groups
     from helper.monitor import build_monitor, monitor_wanted
-    from helper.teacher_groups import pair_teacher_groups
     torch.manual_seed(0)
     student, teacher = models.build_model('resnet8', 10), models.build_model('resnet8', 10)
     val = torch.utils.data.TensorDataset(torch.randn(3, 3, 32, 32), torch.zeros(3, dtype=torch.long))
     train = torch.utils.data.TensorDataset(torch.randn(32, 3, 32, 32), torch.zeros(32, dtype=torch.long))
     cpu = torch.device('cpu')
     for estimator, built in (('debiased', False), ('biased', True)):
-        opt = student_options(cka_groups='2', cka_estimator=estimator, cka_batches=1, batch_size=16, seed=0,
-                              cka_monitor_batches=1)
-        assert monitor_wanted(val, opt) == built
+        settings = CKASettings.from_options(student_options(cka_groups='2', cka_estimator=estimator, cka_batches=1,
+                                                            cka_monitor_batches=1))
+        assert monitor_wanted(val, settings, 16) == built
         if built:
-            groups = pair_teacher_groups(opt, student, teacher, 'resnet8', (3, 32, 32), lambda: train, cpu)
-            monitor = build_monitor(student, teacher, groups, val, opt, (3, 32, 32), cpu)
+            groups = pair_teacher_groups(settings, student, teacher, (3, 32, 32), lambda: train, cpu, batch_size=16,
+                                         seed=0, teacher_name='resnet8')
+            monitor = build_monitor(student, teacher, groups, val, settings, batch_size=16, seed=0,
+                                    input_shape=(3, 32, 32), device=cpu)
             matrix, _ = monitor.measure()
             assert np.isfinite(matrix).all()
         else:
@@ -226,13 +228,20 @@ def test_too_many_groups_suggests_blocks_only_for_stages(path_t, tmp_path, capsy
     one_line_error(capsys, 'stage-level', '--cka_layers blocks')
 
 
-@pytest.mark.parametrize('extra, words', [(['--batches', '0'], '--batches 0'),
+@pytest.mark.parametrize('extra, words', [(['--cka_batches', '0'], '--cka_batches 0'),
                                           (['--batch_size', '3'], '--batch_size 3'),
-                                          (['--n_groups', '0'], '--n_groups 0')])
+                                          (['--cka_groups', '0'], '--cka_groups 0')])
 def test_group_command_checks_its_flags_first(tmp_path, capsys, extra, words):
-    from helper.teacher_groups import main as groups_main
+    """scripts/cka_groups.py takes train_student.py's grouping flags and refuses their bad values
+    alike, before the teacher is looked for."""
+    import importlib.util
+    import os
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location('cka_groups', os.path.join(ROOT, 'scripts', 'cka_groups.py'))
+    command = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(command)
     args = ['--path_t', str(tmp_path / 'absent.pth'), '--dataset', 'synthetic', '--out', str(tmp_path / 'out'),
             '--device', 'cpu'] + extra
-    assert groups_main(args) == 2
+    assert main(command.run, args) == 2
     one_line_error(capsys, words)
     assert not (tmp_path / 'out').exists()

@@ -174,7 +174,7 @@ def test_values_given_the_older_way_parse_to_the_same_types():
 def test_lr_at_decays_after_each_milestone():
     """The older repos' rule: lr * rate ** (number of milestones strictly below the epoch)."""
     from argparse import Namespace
-    from helper.train import lr_at
+    from helper.trainer import lr_at
     opt = Namespace(learning_rate=0.05, lr_decay_rate=0.1, lr_decay_epochs=[150, 180, 210])
     expected = {1: 0.05, 150: 0.05, 151: 0.005, 180: 0.005, 181: 0.0005, 210: 0.0005, 211: 0.00005, 240: 0.00005}
     for epoch, lr in expected.items():

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-import distiller_zoo.ckagroup as ckagroup_module
-import helper.teacher_groups
+import distiller_zoo.ckagroup.distiller as ckagroup_module
+import helper.train
 import models.taps
 from conftest import ROOT, save_teacher, tiny_argv
 from distiller_zoo import distiller_class, distiller_names
 from distiller_zoo.ckagroup import CKAGroupLoss
+from helper.run_folder import GROUPS_FILE
 from helper.train import run_student
 
 # Every method whose -b weighs a term of its own besides CE and KD (kd has none; simkd's -b is its only loss).
@@ -93,21 +94,21 @@ def test_ckagroup_zero_weight_step_computes_no_cka(tmp_path, teacher_path, monke
     assert 'train/loss_cls' in keys and 'train/loss_div' in keys and 'monitor/group_mean' in keys
     assert not any('ckagroup' in key or key.startswith('cka/') for key in keys), keys
     assert not (run_dir / ckagroup_module.MATRICES_FILE).exists()
-    assert (run_dir / helper.teacher_groups.GROUPS_FILE).exists()  # the monitor's groups
+    assert (run_dir / GROUPS_FILE).exists()  # the monitor's groups
 
 
 def test_ckagroup_zero_weight_without_monitor_taps_and_groups_nothing(tmp_path, teacher_path, monkeypatch):
     monkeypatch.setattr(CKAGroupLoss, 'forward', _refuse)
-    monkeypatch.setattr(helper.teacher_groups, 'pair_teacher_groups', _refuse)
+    monkeypatch.setattr(helper.train, 'pair_teacher_groups', _refuse)
     monkeypatch.setattr(models.taps.FeatureTap, '__init__', _refuse)
     assert _run(tmp_path, teacher_path, 'ckagroup', '-b', '0', '--no-cka_monitor')['epochs'] == 1
     run_dir, records = _records(tmp_path)
     assert not any('cka' in key or 'monitor' in key for key in set().union(*records))
-    assert not (run_dir / helper.teacher_groups.GROUPS_FILE).exists()
+    assert not (run_dir / GROUPS_FILE).exists()
 
 
 def test_ckagroup_with_weight_still_needs_its_groups(tmp_path, teacher_path, monkeypatch):
     """The guard is the weight: -b 1 groups the teacher and taps the blocks as before."""
-    monkeypatch.setattr(helper.teacher_groups, 'pair_teacher_groups', _refuse)
+    monkeypatch.setattr(helper.train, 'pair_teacher_groups', _refuse)
     with pytest.raises(AssertionError, match='grouping was called'):
         _run(tmp_path, teacher_path, 'ckagroup', '-b', '1', '--no-cka_monitor')

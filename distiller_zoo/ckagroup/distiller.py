@@ -1,13 +1,15 @@
-"""CKA-group distillation: make the student's processing flow resemble the teacher's.
+"""The CKA-group term and `--distill ckagroup`: make the student's processing flow resemble the
+teacher's.
 
-1. Before training, `helper.teacher_groups` splits the teacher's layers into n contiguous groups
-   by its layer-by-layer CKA matrix (or loads them from --cka_group_file, or from the run folder
-   on resume), splits the student's layers into n contiguous groups too (`--cka_student_split`:
-   even, or in proportion to the teacher's group sizes), and pairs group i of the student with
-   group i of the teacher; the pairing reaches the distiller as `ctx.groups`.
+1. Before training, `pair_teacher_groups` (distiller_zoo.ckagroup.teacher_groups) splits the
+   teacher's layers into n contiguous groups by its layer-by-layer CKA matrix (or takes them from
+   --cka_group_file, or from the run folder on resume), splits the student's layers into n
+   contiguous groups too (`--cka_student_split`: even, or in proportion to the teacher's group
+   sizes), and pairs group i of the student with group i of the teacher; the pairing reaches the
+   distiller as `ctx.groups`, the parsed --cka_* options as `ctx.cka`.
 2. Each batch: the L_s x L_t CKA matrix between student and teacher layer outputs; each paired
-   group block is reduced to CKA_Gi (`--cka_reduce`), and the loss is the aggregate (`--cka_agg`)
-   of 1 - CKA_Gi. The teacher's features carry no gradient.
+   group block is reduced to CKA_Gi (`--cka_reduce`, `cka.group_values`), and the loss is the
+   aggregate (`--cka_agg`) of 1 - CKA_Gi. The teacher's features carry no gradient.
 
 The Grams of every layer are needed whatever the grouping (groups cover all layers); the products
 between them are one matrix multiplication for all pairs, cheaper in kernel launches than one per
@@ -15,7 +17,6 @@ block, and the full matrix is what the epoch heatmap shows.
 """
 from __future__ import annotations
 
-import os
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -25,46 +26,12 @@ from torch import nn
 import models
 from cka import (REDUCTIONS, block_masks, cka_from_grams, group_values, grouped_normalized_grams, inverse_order,
                  min_cka_samples, validate_groups, width_groups)
-from distiller_zoo._common import compile_term, compiled_or_eager
+from distiller_zoo._common import compiled_or_eager
 from distiller_zoo.base import Batch, DistillContext, Distiller, ModelOutputs
+from distiller_zoo.ckagroup.settings import MONITOR_FLAGS, CKASettings, add_options, check_batch_size
 from runtime import collectives
-from runtime.errors import ConfigError
 
 MATRICES_FILE = 'cka_matrices.json'
-
-
-def parse_n_groups(value, flag: str = '--cka_groups') -> Optional[int]:
-    """`--cka_groups`: a positive integer, or 'auto' (returned as None)."""
-    if str(value).lower() == 'auto':
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise ConfigError(f"{flag} {value!r}: give a positive integer or 'auto'") from None
-    if n < 1:
-        raise ConfigError(f'{flag} {n}: give at least 1 group')
-    return n
-
-
-def parse_weights(text: Optional[str], agg: str, n: Optional[int]) -> Optional[List[float]]:
-    """`--cka_weights` for `--cka_agg`: n finite, non-negative floats with `weighted` (any count
-    while n is unknown, None), else None."""
-    if agg != 'weighted':
-        if text:
-            raise ConfigError('--cka_weights is only used with --cka_agg weighted')
-        return None
-    if not text:
-        raise ConfigError('--cka_agg weighted needs --cka_weights w1,...,wn, one weight per group')
-    try:
-        weights = [float(w) for w in text.split(',')]
-    except ValueError:
-        raise ConfigError(f'--cka_weights {text!r}: give {n or "n"} comma-separated numbers') from None
-    if not all(np.isfinite(w) and w >= 0 for w in weights):
-        raise ConfigError(f'--cka_weights {text!r}: give finite, non-negative weights')
-    if n is not None and len(weights) != n:
-        raise ConfigError(f'--cka_weights has {len(weights)} values but there are {n} groups; '
-                          f'give exactly {n}')
-    return weights
 
 
 class CKAGroupLoss(nn.Module):
@@ -164,59 +131,32 @@ class CKAGroupDistiller(Distiller):
 
     @classmethod
     def add_options(cls, parser) -> None:
-        add = parser.add_argument
-        add('--cka_groups', type=str, default='4', help="number of layer groups n, or 'auto'")
-        add('--cka_group_file', type=str, default=None,
-            help='cka_groups.json from python -m helper.teacher_groups (instead of grouping the teacher here)')
-        add('--cka_batches', type=int, default=10, help='training batches used to compute the teacher groups')
-        add('--cka_layers', type=str, default='blocks', choices=list(models.LAYER_KINDS))
-        add('--cka_estimator', type=str, default='debiased', choices=['biased', 'debiased'])
-        add('--cka_kernel', type=str, default='linear', choices=['linear', 'rbf'])
-        add('--cka_student_split', type=str, default='even', choices=['even', 'proportional'])
-        add('--cka_teacher_split', type=str, default='cka', choices=['cka', 'even', 'random'],
-            help="teacher groups from its CKA matrix, or (ablations) 'even': uniform groups, "
-                 "'random': a random contiguous partition drawn from --seed")
-        add('--cka_pairing', type=str, default='forward', choices=['forward', 'reversed'],
-            help="student group i with teacher group i, or 'reversed' (ablation: with group n-1-i)")
-        add('--cka_reduce', type=str, default='mean', choices=['mean', 'min', 'max'])
-        add('--cka_agg', type=str, default='mean', choices=['mean', 'sum', 'weighted'])
-        add('--cka_weights', type=str, default=None, help='comma list of n group weights for --cka_agg weighted')
-        add('--cka_compile', type=str, default='auto', choices=['auto', 'on', 'off'],
-            help="compile the CKA term as one graph (torch.compile; falls back to eager with a note "
-                 "if that fails): 'auto' on CUDA and under --compile")
-        add('--cka_gather', action='store_true',
-            help='distributed runs: compute the CKA term on the global batch (every tapped layer output '
-                 "is all-gathered, with gradient) instead of on each process's own batch")
+        # the --cka_* flags (the CKA monitor of every method groups with them too) but the
+        # monitor's own, which helper.options lists with the common flags
+        add_options(parser, exclude=MONITOR_FLAGS)
 
     @classmethod
     def check_options(cls, opt) -> None:
-        """Every --cka_* value that needs neither models nor data (whatever --distill: the CKA
-        monitor of every method groups with them too)."""
-        n = parse_n_groups(opt.cka_groups)
-        if opt.cka_batches < 1:
-            raise ConfigError(f'--cka_batches {opt.cka_batches}: give at least 1 batch')
-        if opt.cka_group_file is not None and not os.path.isfile(opt.cka_group_file):
-            raise ConfigError(f'--cka_group_file {opt.cka_group_file!r} does not exist; write one with '
-                              'python -m helper.teacher_groups, or drop the flag to group the teacher before training')
-        # the group count is known now only without a group file; otherwise the count is checked with the groups
-        parse_weights(opt.cka_weights, opt.cka_agg, n if opt.cka_group_file is None else None)
-        needed = min_cka_samples(opt.cka_estimator)
-        if opt.distill == 'ckagroup' and opt.batch_size < needed:
-            raise ConfigError(f'--batch_size {opt.batch_size}: the {opt.cka_estimator} CKA estimator needs at '
-                              f'least {needed} images per batch; raise --batch_size')
+        """Every --cka_* value that needs neither models nor data, whatever --distill (the CKA
+        monitor of every method groups with them too); the term's batches, with ckagroup."""
+        settings = CKASettings.from_options(opt)
+        if opt.distill == 'ckagroup':
+            check_batch_size(opt.batch_size, settings.estimator)
 
     def __init__(self, ctx: DistillContext):
         super().__init__(ctx)
-        opt = ctx.opt
         # Built without groups (helper.train does so at -b 0, where the term would add nothing), it
         # taps no layer and computes no CKA.
         self.computes_term = ctx.groups is not None
         if not self.computes_term:
-            if opt.beta != 0:
+            if ctx.opt.beta != 0:
                 raise ValueError('ckagroup needs the paired teacher groups in ctx.groups '
-                                 '(helper.teacher_groups.pair_teacher_groups)')
+                                 '(distiller_zoo.ckagroup.pair_teacher_groups)')
             return
-        self.layer_kind = opt.cka_layers
+        settings = ctx.cka
+        if settings is None:
+            raise ValueError('ckagroup needs its --cka_* settings in ctx.cka (CKASettings.from_options)')
+        self.layer_kind = settings.layers
         if self.layer_kind == 'stages':
             self.needs_feats = True
         else:
@@ -226,16 +166,15 @@ class CKAGroupDistiller(Distiller):
         self.student_groups, self.teacher_groups = ctx.groups.student, ctx.groups.teacher
         validate_groups(self.student_groups, len(self.student_names))
         validate_groups(sorted(self.teacher_groups), len(self.teacher_names))  # in layer order
-        n = len(self.teacher_groups)
-        self.loss = CKAGroupLoss(self.student_groups, self.teacher_groups, opt.cka_reduce, opt.cka_agg,
-                                 parse_weights(opt.cka_weights, opt.cka_agg, n), opt.cka_kernel,
-                                 opt.cka_estimator == 'debiased',
+        self.loss = CKAGroupLoss(self.student_groups, self.teacher_groups, settings.reduce, settings.agg,
+                                 settings.group_weights(len(self.teacher_groups)), settings.kernel, settings.debiased,
                                  student_widths=models.layer_widths(ctx.student, self.layer_kind, ctx.input_shape),
                                  teacher_widths=models.layer_widths(ctx.teacher, self.layer_kind, ctx.input_shape))
         print(f'ckagroup: teacher groups {self.teacher_groups} ({len(self.teacher_names)} '
               f'{self.layer_kind}), student groups {self.student_groups}')
-        self.gather = bool(opt.cka_gather)  # --cka_gather: CKA on the global batch
-        self.term = compiled_or_eager(self.loss.term, compile_term(opt, ctx.device), 'the CKA-group term')
+        self.gather = settings.gather  # --cka_gather: CKA on the global batch
+        compiled = settings.compiles_term(ctx.device, getattr(ctx.opt, 'compile', None))
+        self.term = compiled_or_eager(self.loss.term, compiled, 'the CKA-group term')
         self._device = ctx.device
         self._reset_epoch()
 
