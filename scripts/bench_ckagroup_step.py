@@ -74,15 +74,15 @@ from torch.utils._pytree import tree_flatten
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models  # noqa: E402
-from distiller_zoo import DistillContext, build_distiller  # noqa: E402
+from cka import centre_gram, cka_matrix, width_groups  # noqa: E402
+from distiller_zoo.ckagroup import CKASettings, compute_teacher_groups  # noqa: E402
 from experiments import stats  # noqa: E402
-from helper.checkpoint import freeze  # noqa: E402
 from experiments.provenance import cpu_model  # noqa: E402
-from helper.loops import DistillObjective, StepOptions, cpu_has_native_bf16  # noqa: E402
+from helper.checkpoint import freeze  # noqa: E402
+from helper.loops import StepOptions, cpu_has_native_bf16  # noqa: E402
 from helper.options import parse_student_options  # noqa: E402
-from helper.teacher_groups import compute_teacher_groups, pair_teacher_groups  # noqa: E402
-from helper.train import prepare_model  # noqa: E402
-from cka import cka_matrix  # noqa: E402
+from helper.train import build_distillation  # noqa: E402
+from helper.trainer import sgd  # noqa: E402
 
 METHODS = ('kd', 'ckagroup')
 DEPTH_TEACHERS = ('resnet32x4', 'resnet56', 'resnet110')
@@ -119,15 +119,17 @@ def build_teacher(name: str, images: torch.Tensor, teacher_bn: str) -> torch.nn.
 
 def build_step(method: str, teacher_name: str, student_name: str, batch_size: int, device: torch.device,
                fast: bool, compile_mode=None, teacher_bn: str = 'data', term_compile=None):
-    """One training step of `method` as train_student.py runs it; returns a callable (with the
-    step's distiller and batch as attributes). `term_compile` 'on' / 'off': --cka_compile (None:
+    """One training step of `method` as train_student.py wires it (`helper.train.build_distillation`,
+    the run's SGD at lr 0.01 without weight decay); returns a callable (with the step's distiller
+    and batch as attributes). `term_compile` 'on' / 'off': --cka_compile (None:
     the run's default, and no flag, so the script also measures commits that predate it)."""
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, 32, 32, device=device)
     teacher = build_teacher(teacher_name, images, teacher_bn)
     student = models.build_model(student_name, num_classes=100).to(device)
     targets = torch.randint(0, 100, (batch_size,), device=device)
-    argv = ['--distill', method, '--batch_size', str(batch_size), '--cka_batches', '2', '-b', '1']
+    argv = ['--distill', method, '--batch_size', str(batch_size), '--cka_batches', '2', '-b', '1',
+            '--learning_rate', '0.01', '--weight_decay', '0']
     if fast:
         argv += ['--amp', '--channels_last']
     if term_compile is not None:
@@ -135,18 +137,11 @@ def build_step(method: str, teacher_name: str, student_name: str, batch_size: in
     opt = parse_student_options(argv)
     opt.compile = compile_mode if fast else None
     groups_data = torch.utils.data.TensorDataset(images.cpu(), targets.cpu())
-    input_shape = tuple(images.shape[1:])
-    groups = pair_teacher_groups(opt, student, teacher, teacher_name, input_shape, lambda: groups_data, device)
-    ctx = DistillContext(student=student, teacher=teacher, student_name=student_name,
-                         teacher_name=teacher_name, num_classes=100, input_shape=input_shape,
-                         num_train_samples=batch_size, device=device, opt=opt, groups=groups)
-    distiller = build_distiller(method, ctx).to(device)
-    prepare_model(student, opt, taps=distiller.taps is not None)
-    prepare_model(teacher, opt, taps=distiller.taps is not None)
+    wired = build_distillation(opt, CKASettings.from_options(opt), student, teacher, names=(student_name, teacher_name),
+                               input_shape=tuple(images.shape[1:]), num_classes=100, num_train_samples=batch_size,
+                               device=device, grouping_set=lambda: groups_data)
     options = StepOptions.from_opt(opt)
-    objective = DistillObjective(student, teacher, distiller, opt)
-    optimizer = torch.optim.SGD(list(student.parameters()) + list(distiller.parameters()), lr=0.01,
-                                momentum=0.9)
+    objective, optimizer = wired.objective, sgd(opt, wired.trainable)
     batch = options.batch((images, targets), device)
     objective.train()
 
@@ -160,7 +155,7 @@ def build_step(method: str, teacher_name: str, student_name: str, batch_size: in
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
 
-    step.distiller, step.objective, step.batch, step.options = distiller, objective, batch, options
+    step.distiller, step.objective, step.batch, step.options = wired.distiller, objective, batch, options
     return step
 
 
@@ -181,20 +176,14 @@ def flat_block_outputs(teacher_name: str, student_name: str, batch_size: int, de
     return flat
 
 
-def _by_width(layers: list) -> list:
-    """The layers stacked per flattened width, (k, n, p) each: the CKA term's batched products."""
-    groups = {}
-    for y in layers:
-        groups.setdefault(y.shape[1], []).append(y)
-    return [torch.stack(g) for g in groups.values()]
-
-
 def gram_products(teacher_name: str, student_name: str, batch_size: int, device: torch.device):
     """A callable taking the CKA term's float32 Gram products of one step and nothing else: one
     batched forward product per width group of teacher and of student block layers, and the
     student's one-product backward."""
     flat = flat_block_outputs(teacher_name, student_name, batch_size, device, amp=False)
-    teacher, student = _by_width(flat['teacher']), _by_width(flat['student'])
+    by_width = {role: [torch.stack([layers[i] for i in group]) for group in width_groups([y.shape[1] for y in layers])]
+                for role, layers in flat.items()}
+    teacher, student = by_width['teacher'], by_width['student']
     upstream = [torch.randn(y.shape[0], batch_size, batch_size, device=device) for y in student]
 
     def products():
@@ -373,21 +362,11 @@ def part_depth(args, device, where) -> dict:
     return {'rows': rows, 'fit': fit}
 
 
-def _u_centred(grams: torch.Tensor) -> torch.Tensor:
-    """U-centred (debiased HSIC) Grams (L, n, n), written out here for the reduced-precision variant."""
-    n = grams.shape[-1]
-    off = 1.0 - torch.eye(n, dtype=grams.dtype, device=grams.device)
-    grams = grams * off
-    rows = grams.sum(dim=2, keepdim=True) / (n - 2)
-    total = grams.sum(dim=(1, 2), keepdim=True) / ((n - 1) * (n - 2))
-    return (grams - rows - rows.transpose(1, 2) + total) * off
-
-
 def _bf16_product_cka(student: list, teacher: list) -> torch.Tensor:
     """Debiased linear CKA matrix whose Grams are bf16 products rounded to bf16 (torch's CPU mm)."""
     def normalised(layers):
         grams = torch.stack([((y - y[:1]) @ (y - y[:1]).T).float() for y in layers])
-        centred = _u_centred(grams).flatten(1)
+        centred = centre_gram(grams, debiased=True).flatten(1)
         return centred / centred.norm(dim=1, keepdim=True)
     return normalised(student) @ normalised(teacher).T
 
@@ -507,7 +486,8 @@ def part_precompute(args, device, where) -> dict:
     layers = models.layer_names(teacher, 'blocks', (3, 32, 32))
     before = load()
     start = time.perf_counter()
-    record = compute_teacher_groups(teacher, 'blocks', layers, data, 4, 10, 64, 'linear', True, 0, device)
+    settings = CKASettings.from_options(parse_student_options([]))  # a run's defaults: 4 groups from 10 batches
+    record = compute_teacher_groups(teacher, settings, layers, data, 64, 0, device)
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
