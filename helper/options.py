@@ -14,8 +14,8 @@ from typing import List
 
 from dataset import DATASET_NAMES
 from distiller_zoo import distiller_class, distiller_names
-from distiller_zoo.ckagroup.settings import MONITOR_FLAGS
-from distiller_zoo.ckagroup.settings import add_options as add_cka_options
+from distiller_zoo.ckagroup import MONITOR_FLAGS
+from distiller_zoo.ckagroup import add_options as add_cka_options
 from runtime.errors import ConfigError
 
 # The older repos train these models (students and teachers) with lr 0.01 whatever --learning_rate says.

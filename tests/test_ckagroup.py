@@ -198,6 +198,36 @@ def test_group_file_from_cli_is_accepted(tmp_path):
     assert summary['epochs'] == 1
 
 
+def test_each_cka_flag_is_declared_once_and_the_group_command_takes_train_students():
+    """Every --cka_* flag of train_student.py has one declaration in the project's sources, in
+    distiller_zoo/ckagroup/settings.py; scripts/cka_groups.py's grouping flags are train_student.py's
+    own (names, defaults, types, choices)."""
+    import ast
+    import importlib.util
+    import os
+    from helper.options import student_parser
+    from test_layers import python_files
+    student = {a.option_strings[0]: a for a in student_parser()._actions if a.option_strings[0].startswith('--cka_')}
+    assert len(student) == 16
+    declared = {}
+    for relpath in python_files(ROOT):
+        for node in ast.walk(ast.parse(open(os.path.join(ROOT, relpath), encoding='utf-8').read())):
+            if (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+                    and str(node.args[0].value).startswith('--cka_')
+                    and getattr(node.func, 'id', getattr(node.func, 'attr', None)) in ('add', 'add_argument')):
+                declared.setdefault(node.args[0].value, []).append(relpath)
+    assert declared == {flag: [os.path.join('distiller_zoo', 'ckagroup', 'settings.py')] for flag in student}
+    spec = importlib.util.spec_from_file_location('cka_groups', os.path.join(ROOT, 'scripts', 'cka_groups.py'))
+    command = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(command)
+    grouping = {a.option_strings[0]: a for a in command.parser()._actions if a.option_strings[0].startswith('--cka_')}
+    assert sorted(grouping) == ['--cka_batches', '--cka_estimator', '--cka_groups', '--cka_kernel', '--cka_layers']
+    for flag, action in grouping.items():
+        theirs = student[flag]
+        assert (action.option_strings, action.default, action.type, action.choices) == \
+            (theirs.option_strings, theirs.default, theirs.type, theirs.choices), flag
+
+
 def test_ablations_even_teacher_groups_and_reversed_pairing():
     torch.manual_seed(0)
     teacher, student = models.build_model('resnet20', 10), models.build_model('resnet8', 10)

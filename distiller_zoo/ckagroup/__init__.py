@@ -6,10 +6,8 @@ what it needs and logs what it returns. The CKA math itself is `cka/`'s.
 from distiller_zoo.ckagroup.distiller import MATRICES_FILE, CKAGroupDistiller, CKAGroupLoss
 from distiller_zoo.ckagroup.settings import (GROUP_COMMAND, GROUPING_FLAGS, MONITOR_FLAGS, CKASettings, add_options,
                                              check_batch_size, check_resume_options)
-from distiller_zoo.ckagroup.teacher_groups import (check_group_record, compute_teacher_groups, pair_teacher_groups,
-                                                   read_group_file, teacher_cka, usable_record)
+from distiller_zoo.ckagroup.teacher_groups import compute_teacher_groups, pair_teacher_groups
 
 __all__ = ['CKAGroupDistiller', 'CKAGroupLoss', 'CKASettings', 'GROUPING_FLAGS', 'GROUP_COMMAND', 'MATRICES_FILE',
-           'MONITOR_FLAGS',
-           'add_options', 'check_batch_size', 'check_group_record', 'check_resume_options', 'compute_teacher_groups',
-           'pair_teacher_groups', 'read_group_file', 'teacher_cka', 'usable_record']
+           'MONITOR_FLAGS', 'add_options', 'check_batch_size', 'check_resume_options', 'compute_teacher_groups',
+           'pair_teacher_groups']

@@ -28,7 +28,7 @@ from runtime.errors import ConfigError
 RESUMED = "--resume: the run folder's cka_groups.json"
 
 
-def check_group_count(n: int, num_layers: int, who: str, kind: str) -> None:
+def _check_group_count(n: int, num_layers: int, who: str, kind: str) -> None:
     """Refuse more groups than the `who` model has `kind` layers."""
     if n > num_layers:
         more = ' (or --cka_layers blocks for more layers)' if kind == 'stages' else ''
@@ -37,7 +37,7 @@ def check_group_count(n: int, num_layers: int, who: str, kind: str) -> None:
 
 
 @torch.no_grad()
-def teacher_cka(teacher: nn.Module, settings: CKASettings, dataset, batch_size: int, seed: int, device) -> tuple:
+def _teacher_cka(teacher: nn.Module, settings: CKASettings, dataset, batch_size: int, seed: int, device) -> tuple:
     """Minibatch CKA of the teacher's `settings.layers` on `settings.batches` random batches of
     `dataset`.
 
@@ -72,11 +72,11 @@ def compute_teacher_groups(teacher: nn.Module, settings: CKASettings, layer_name
     `settings.n_groups` None picks n with `auto_n_groups` (at most `max_groups`). Stability: how
     often each boundary of the pooled grouping recurs in the groupings of single batches.
     """
-    matrix, per_batch = teacher_cka(teacher, settings, dataset, batch_size, seed, device)
+    matrix, per_batch = _teacher_cka(teacher, settings, dataset, batch_size, seed, device)
     n_groups = settings.n_groups
     if n_groups is None:
         n_groups = auto_n_groups(matrix, max_groups=max_groups)
-    check_group_count(n_groups, len(layer_names), 'teacher', settings.layers)
+    _check_group_count(n_groups, len(layer_names), 'teacher', settings.layers)
     groups = contiguous_groups(matrix, n_groups)
     stability = boundary_stability(per_batch, n_groups, pooled=matrix)
     record_settings = {'layers': settings.layers, 'kernel': settings.kernel, 'estimator': settings.estimator,
@@ -85,7 +85,7 @@ def compute_teacher_groups(teacher: nn.Module, settings: CKASettings, layer_name
     return groups_to_json(layer_names, matrix, groups, settings=record_settings, stability=stability)
 
 
-def check_group_record(record) -> None:
+def _check_group_record(record) -> None:
     """Raise ValueError unless `record` has every part of cka_groups.json that training reads."""
     if not isinstance(record, dict):
         raise ValueError(f'the file holds a {type(record).__name__}, not an object')
@@ -110,11 +110,11 @@ def check_group_record(record) -> None:
     validate_groups(groups, size)
 
 
-def usable_record(record, layer_names: Sequence[str], kind: str, where: str) -> dict:
+def _usable_record(record, layer_names: Sequence[str], kind: str, where: str) -> dict:
     """`record` (from `where`, named in the error) checked whole: keys, types, sizes, contiguous
     groups, and the teacher's layer names."""
     try:
-        check_group_record(record)
+        _check_group_record(record)
     except ValueError as exc:
         raise ConfigError(f'{where} is not a usable cka_groups.json file (ValueError: {exc}); write one with '
                           f'{GROUP_COMMAND}') from None
@@ -126,8 +126,8 @@ def usable_record(record, layer_names: Sequence[str], kind: str, where: str) -> 
     return record
 
 
-def read_group_file(path: str, layer_names: Sequence[str], kind: str) -> dict:
-    """--cka_group_file, checked whole (`usable_record`)."""
+def _read_group_file(path: str, layer_names: Sequence[str], kind: str) -> dict:
+    """--cka_group_file, checked whole (`_usable_record`)."""
     where = f'--cka_group_file {path!r}'
     try:
         with open(path) as f:
@@ -135,7 +135,7 @@ def read_group_file(path: str, layer_names: Sequence[str], kind: str) -> dict:
     except (OSError, ValueError) as exc:
         raise ConfigError(f'{where} is not a usable cka_groups.json file ({type(exc).__name__}: {exc}); '
                           f'write one with {GROUP_COMMAND}') from None
-    return usable_record(record, layer_names, kind, where)
+    return _usable_record(record, layer_names, kind, where)
 
 
 def pair_teacher_groups(settings: CKASettings, student: nn.Module, teacher: nn.Module, input_shape,
@@ -155,16 +155,16 @@ def pair_teacher_groups(settings: CKASettings, student: nn.Module, teacher: nn.M
     teacher_names = models.layer_names(teacher, kind, input_shape)
     n = settings.n_groups
     if n is not None:
-        check_group_count(n, len(student_names), 'student', kind)
-        check_group_count(n, len(teacher_names), 'teacher', kind)
+        _check_group_count(n, len(student_names), 'student', kind)
+        _check_group_count(n, len(teacher_names), 'teacher', kind)
 
     def teacher_record() -> tuple:
         """(record, where it came from)."""
         resumed = resumed_record() if resumed_record is not None else None
         if resumed is not None:
-            return usable_record(resumed, teacher_names, kind, RESUMED), 'resume'
+            return _usable_record(resumed, teacher_names, kind, RESUMED), 'resume'
         if settings.group_file:
-            return read_group_file(settings.group_file, teacher_names, kind), 'file'
+            return _read_group_file(settings.group_file, teacher_names, kind), 'file'
         start = time.perf_counter()
         record = compute_teacher_groups(teacher, settings, teacher_names, train_set(), batch_size, seed, device,
                                         max_groups=len(student_names), extra_settings={'teacher': teacher_name})
@@ -179,8 +179,8 @@ def pair_teacher_groups(settings: CKASettings, student: nn.Module, teacher: nn.M
     if source == 'file' and n is not None and n != len(record['groups']):
         print(f'note: --cka_group_file has {len(record["groups"])} groups; --cka_groups {n} ignored')
     n = len(record['groups'])
-    check_group_count(n, len(student_names), 'student', kind)
-    check_group_count(n, len(teacher_names), 'teacher', kind)
+    _check_group_count(n, len(student_names), 'student', kind)
+    _check_group_count(n, len(teacher_names), 'teacher', kind)
     teacher_groups = [list(g) for g in record['groups']]
     split = settings.teacher_split
     if split != record['settings'].get('teacher_split', 'cka'):  # a resumed run's record is already split
