@@ -5,6 +5,7 @@
     python scripts/evidence.py run my_study.toml --data_folder ./data         # your own study file
     python scripts/evidence.py summarise resnet56_resnet8                    # from the raw runs so far
     python scripts/evidence.py estimate --smoke /tmp/smoke/resnet56_resnet8  # CPU-hours at full budget
+    python scripts/evidence.py cost resnet56_resnet8_family                  # each row's step / kd's
 
 A study is a TOML file: the shipped ones are experiments/studies/<name>.toml, named by <name>; any
 other is given by its path and named by its file's stem. `run` trains the study's teacher, then every
@@ -15,17 +16,24 @@ interrupted one resumes from its last checkpoint. Budget overrides (--epochs, --
 seeds beyond the declared ones, ...) are for smoke tests and need a --results folder outside
 docs/results. `--seeds` with some of the declared seeds splits a study over processes: start the
 second once teacher.json is written, give each other seeds; each summary covers every finished run
-on disk. Arguments after `--` go to every student run.
+on disk. Arguments after `--` go to every student run. `cost` times each row's training step
+interleaved with the reference row's on this machine (experiments/step_cost.py) and writes
+<results>/<study>/cost.json, which the summary then shows as a ratio to the reference; run it on a
+quiet machine, in one session, for every row at once.
 """
 import argparse
 import json
 import os
 import sys
 
+import torch
+
 from experiments.cost import estimate_hours, smoke_pair
 from experiments.runner import StudyRunner
+from experiments.step_cost import row_step_costs
 from experiments.study import Study, load_study, study_names, with_budget
-from experiments.summary import load_runs, summarise
+from experiments.summary import COST_FILE, load_runs, summarise
+from helper.run_folder import write_json_atomic
 from runtime.errors import ConfigError
 
 EVIDENCE_RESULTS = os.path.join('docs', 'results')
@@ -65,6 +73,13 @@ def parser() -> argparse.ArgumentParser:
             smoke.add_argument('--teacher_lr_decay_epochs')
             smoke.add_argument('--teacher_train_per_class', type=int)
             smoke.add_argument('--teacher_val_per_class', type=int, help='the teacher\'s per-epoch test images per class')
+    q = sub.add_parser('cost', help="each row's training step timed against the reference row's")
+    q.add_argument('study', help=STUDY_HELP)
+    q.add_argument('--results', default=EVIDENCE_RESULTS, help='where cost.json goes (<results>/<study>/)')
+    q.add_argument('--rows', nargs='+', default=None, help='a subset of the rows (default: all but the reference)')
+    q.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    q.add_argument('--repeats', type=int, default=15, help='interleaved steps per row and run')
+    q.add_argument('--runs', type=int, default=3, help='interleaved runs per row (the ratio is their median)')
     q = sub.add_parser('estimate')
     q.add_argument('--smoke', required=True, help='a smoke run\'s <results>/<study> folder')
     q.add_argument('studies', nargs='*', help=STUDY_HELP + 's (default: every shipped one)')
@@ -108,6 +123,14 @@ def _summarise(args) -> None:
         print(f.read())
 
 
+def _cost(args) -> None:
+    study = load_study(args.study)
+    costs = row_step_costs(study, args.rows, device=torch.device(args.device), repeats=args.repeats, runs=args.runs)
+    write_json_atomic(costs, os.path.join(args.results, study.name, COST_FILE))
+    print(f'{study.name}: step / {study.reference} on {costs["machine"]}: '
+          + ', '.join(f'{row} {r["ratio"]:.2f}' for row, r in costs['rows'].items()))
+
+
 def _estimate(args) -> None:
     with open(os.path.join(args.smoke, 'teacher.json')) as f:
         smoke = {'teacher': json.load(f), 'runs': load_runs(args.smoke)}
@@ -136,6 +159,8 @@ def main(argv=None) -> int:
             _run(args, extra)
         elif args.command == 'summarise':
             _summarise(args)
+        elif args.command == 'cost':
+            _cost(args)
         else:
             _estimate(args)
     except ConfigError as exc:

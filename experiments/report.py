@@ -7,6 +7,7 @@ from experiments.study import Study
 def markdown(study: Study, summary: dict) -> str:
     teacher, student = summary['teacher'], study.student
     reference, cka_row, alpha = study.reference, study.cka_row, summary['family_of_tests']['alpha']
+    cost = summary.get('step_cost')
     lines = [f'### {study.name}: {teacher["model"]} -> {student.model}',
              '',
              f'Low data: the student trains on {student.train_per_class} images per class of {study.dataset}'
@@ -25,15 +26,17 @@ def markdown(study: Study, summary: dict) -> str:
              '',
              f'| row | seeds | top-1 (mean ± std) | vs {reference} | p | Holm p | seeds ahead | verdict vs {reference} '
              f'| vs {cka_row} (CKA groups) | curve gain, last 5 epochs '
-             '| slope, last 5 epochs (points/epoch) | slope, 5 epochs before the first decay | flow CKA |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+             '| slope, last 5 epochs (points/epoch) | slope, 5 epochs before the first decay | flow CKA |'
+             + (f' step / {reference} |' if cost else ''),
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|' + ('---|' if cost else '')]
     for row, r in summary['rows'].items():
         against = r['vs'].get(reference) or {}
         ahead = f'{against["ahead"]}/{against["n"]}' if against else '–'
         lines.append(f'| {row} | {len(r["seeds"])} | {_pm(r["top1"])} | {_diff(against)} | '
                      f'{_p(against.get("p"))} | {_p(against.get("holm_p"))} | {ahead} | {r.get("verdict", "–")} | '
                      f'{_diff(r["vs"].get(cka_row))} | {_num(r["plateau_gain"])} | {_num(r.get("final_slope"), 3)} | '
-                     f'{_num(r.get("pre_decay_slope"), 3)} | {_num(r["flow_cka"], 3)} |')
+                     f'{_num(r.get("pre_decay_slope"), 3)} | {_num(r["flow_cka"], 3)} |'
+                     + (f' {_num(r.get("step_cost"))} |' if cost else ''))
     lines += ['', f'Pearson r of flow CKA and top-1 over rows: {_num(summary["flow_vs_accuracy_pearson_over_rows"], 3)}']
     users = {}  # CKA-code version -> the rows whose runs used it
     for row, r in summary['rows'].items():
@@ -42,6 +45,10 @@ def markdown(study: Study, summary: dict) -> str:
     if users:
         lines += ['', 'CKA-term code (sha256 of every .py under cka/ and of the ckagroup code, first 12 digits): '
                   + '; '.join(f'{version[:12]}: {", ".join(rows)}' for version, rows in sorted(users.items()))]
+    if cost:
+        lines += ['', f'Step / {reference}: the median, over {cost["repeats"]}-step runs, of one training step\'s time '
+                  f'against {reference}\'s, interleaved (batch {cost["batch_size"]}, `scripts/evidence.py cost`), on '
+                  f'{cost["machine"]}; the per-epoch evaluation, CKA monitor and teacher grouping are not in it.']
     return '\n'.join(lines + [''])
 
 

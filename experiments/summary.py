@@ -16,6 +16,7 @@ from helper.options import decay_epochs
 from helper.run_folder import write_json_atomic
 
 ALPHA = 0.05  # family-wise error rate of each table's tests against its reference
+COST_FILE = 'cost.json'  # `scripts/evidence.py cost`: each row's training step against the reference's
 
 
 def plateau(curve: Sequence[float], window: int = 5) -> Optional[float]:
@@ -119,6 +120,11 @@ def summarise(study: Study, teacher: dict, records: List[dict], out: str) -> dic
         rows[row]['vs'][reference]['holm_p'] = p
         rows[row]['verdict'] = verdict(rows[row]['vs'][reference]['mean'], p)
     flow_rows = [r for r in rows if rows[r]['flow_cka'] is not None]
+    cost_file = os.path.join(out, COST_FILE)
+    cost = read_json(cost_file) if os.path.exists(cost_file) else None
+    if cost is not None:
+        for row, r in rows.items():
+            r['step_cost'] = 1.0 if row == reference else cost['rows'].get(row, {}).get('ratio')
     summary = {'comparison': study.name, 'notes': study.notes, 'teacher': dict(
         {k: teacher[k] for k in ('model', 'epochs', 'train_images', 'test_top1_full', 'plateau_gain', 'seconds')},
         final_slope=final_slope(teacher['curve']) if 'curve' in teacher else None,
@@ -132,6 +138,8 @@ def summarise(study: Study, teacher: dict, records: List[dict], out: str) -> dic
         'rows': rows,
         'flow_vs_accuracy_pearson_over_rows': stats.pearson([rows[r]['flow_cka'] for r in flow_rows],
                                                             [rows[r]['top1']['mean'] for r in flow_rows])}
+    if cost is not None:  # studies without a timing pass keep their summaries as they were
+        summary['step_cost'] = {k: cost[k] for k in ('reference', 'machine', 'device', 'batch_size', 'repeats')}
     write_json_atomic(summary, os.path.join(out, 'summary.json'))
     with open(os.path.join(out, 'summary.md'), 'w') as f:
         f.write(markdown(study, summary))

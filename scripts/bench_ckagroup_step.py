@@ -78,85 +78,36 @@ from cka import centre_gram, cka_matrix, width_groups  # noqa: E402
 from distiller_zoo.ckagroup import CKASettings, compute_teacher_groups  # noqa: E402
 from experiments import stats  # noqa: E402
 from experiments.provenance import cpu_model  # noqa: E402
-from helper.checkpoint import freeze  # noqa: E402
-from helper.loops import StepOptions, cpu_has_native_bf16  # noqa: E402
+from experiments.step_cost import build_step as build_row_step, build_teacher, interleaved, machine  # noqa: E402
 from helper.options import parse_student_options  # noqa: E402
-from helper.train import build_distillation  # noqa: E402
-from helper.trainer import sgd  # noqa: E402
 
 METHODS = ('kd', 'ckagroup')
 DEPTH_TEACHERS = ('resnet32x4', 'resnet56', 'resnet110')
-
-
-def machine(device: torch.device) -> str:
-    if device.type == 'cuda':
-        return f'{torch.cuda.get_device_name(device)}, torch {torch.__version__}'
-    bf16 = 'native bf16' if cpu_has_native_bf16() else 'no native bf16'
-    return (f'{cpu_model()}, CPU capability {torch.backends.cpu.get_cpu_capability()} ({bf16}), '
-            f'{torch.get_num_threads()} threads, torch {torch.__version__}')
 
 
 def load() -> str:
     return '/'.join(f'{v:.1f}' for v in os.getloadavg())
 
 
-@torch.no_grad()
-def set_bn_statistics(model: torch.nn.Module, images: torch.Tensor, passes: int = 5) -> None:
-    """BatchNorm running statistics from `images`, as a trained model's track its data."""
-    model.train()
-    for _ in range(passes):
-        model(images)
-    model.eval()
-
-
-def build_teacher(name: str, images: torch.Tensor, teacher_bn: str) -> torch.nn.Module:
-    teacher = models.build_model(name, num_classes=100).to(images.device)
-    if teacher_bn == 'data':
-        set_bn_statistics(teacher, images)
-    freeze(teacher)
-    return teacher
-
-
 def build_step(method: str, teacher_name: str, student_name: str, batch_size: int, device: torch.device,
                fast: bool, compile_mode=None, teacher_bn: str = 'data', term_compile=None):
-    """One training step of `method` as train_student.py wires it (`helper.train.build_distillation`,
-    the run's SGD at lr 0.01 without weight decay); returns a callable (with the step's distiller
-    and batch as attributes). `term_compile` 'on' / 'off': --cka_compile (None:
-    the run's default, and no flag, so the script also measures commits that predate it)."""
+    """One training step of `method` on one random batch of 100 classes (`experiments.step_cost.
+    build_step`: train_student.py's wiring and the run's SGD, here at lr 0.01 without weight decay).
+    `term_compile` 'on' / 'off': --cka_compile (None: the run's default, and no flag, so the script
+    also measures commits that predate it)."""
     torch.manual_seed(0)
-    images = torch.randn(batch_size, 3, 32, 32, device=device)
-    teacher = build_teacher(teacher_name, images, teacher_bn)
-    student = models.build_model(student_name, num_classes=100).to(device)
-    targets = torch.randint(0, 100, (batch_size,), device=device)
+    images = torch.randn(batch_size, 3, 32, 32)
+    targets = torch.randint(0, 100, (batch_size,))
+    teacher = build_teacher(teacher_name, 100, images.to(device), teacher_bn)
     argv = ['--distill', method, '--batch_size', str(batch_size), '--cka_batches', '2', '-b', '1',
             '--learning_rate', '0.01', '--weight_decay', '0']
     if fast:
         argv += ['--amp', '--channels_last']
     if term_compile is not None:
         argv += ['--cka_compile', term_compile]
-    opt = parse_student_options(argv)
-    opt.compile = compile_mode if fast else None
-    groups_data = torch.utils.data.TensorDataset(images.cpu(), targets.cpu())
-    wired = build_distillation(opt, CKASettings.from_options(opt), student, teacher, names=(student_name, teacher_name),
-                               input_shape=tuple(images.shape[1:]), num_classes=100, num_train_samples=batch_size,
-                               device=device, grouping_set=lambda: groups_data)
-    options = StepOptions.from_opt(opt)
-    objective, optimizer = wired.objective, sgd(opt, wired.trainable)
-    batch = options.batch((images, targets), device)
-    objective.train()
-
-    def step():
-        options.begin_step()
-        with options.autocast(device):
-            loss, _, _ = objective(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-
-    step.distiller, step.objective, step.batch, step.options = wired.distiller, objective, batch, options
-    return step
+    return build_row_step(argv, teacher, student_name, teacher_name,
+                          train_set=torch.utils.data.TensorDataset(images, targets), index=torch.arange(batch_size),
+                          num_classes=100, device=device, compile_mode=compile_mode if fast else None)
 
 
 def flat_block_outputs(teacher_name: str, student_name: str, batch_size: int, device: torch.device,
@@ -166,7 +117,7 @@ def flat_block_outputs(teacher_name: str, student_name: str, batch_size: int, de
     to contiguous (n, p); bf16 under `amp` (as an --amp forward gives them)."""
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, 32, 32, device=device)
-    nets = {'teacher': build_teacher(teacher_name, images, 'data'),
+    nets = {'teacher': build_teacher(teacher_name, 100, images, 'data'),
             'student': models.build_model(student_name, num_classes=100).to(device).eval()}
     flat = {}
     for role, model in nets.items():
@@ -214,19 +165,6 @@ def products_figures(products, repeats: int, kd_ms: float, device: torch.device)
     ms = median_ms(products, repeats, device)
     return {'products_ms': ms, 'products_gflop': products.gflop, 'gflop_per_s': products.gflop / ms * 1000,
             'floor_ratio': (kd_ms + ms) / kd_ms}
-
-
-def interleaved(steps: dict, repeats: int, warmup: int) -> dict:
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    times = {method: [] for method in steps}
-    for _ in range(repeats):
-        for method, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[method].append(time.perf_counter() - start)
-    return times
 
 
 def step_figures(times: dict) -> dict:
@@ -481,7 +419,7 @@ def part_calls(args, device, where) -> dict:
 def part_precompute(args, device, where) -> dict:
     torch.manual_seed(0)
     images = torch.randn(10 * 64, 3, 32, 32)
-    teacher = build_teacher('resnet32x4', images[:64].to(device), args.teacher_bn)
+    teacher = build_teacher('resnet32x4', 100, images[:64].to(device), args.teacher_bn)
     data = torch.utils.data.TensorDataset(images, torch.zeros(10 * 64, dtype=torch.long))
     layers = models.layer_names(teacher, 'blocks', (3, 32, 32))
     before = load()
