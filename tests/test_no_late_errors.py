@@ -1,5 +1,5 @@
 """Odd-but-legal settings run through, bad ones stop before training with one line, and a rejected
-command leaves the run folder byte for byte as it was (issue 15, items 1-6)."""
+command leaves the run folder byte for byte as it was."""
 import hashlib
 import json
 
