@@ -22,7 +22,7 @@ from distiller_zoo.ckagroup import CKASettings
 from experiments.provenance import cpu_model
 from experiments.study import Study
 from helper.checkpoint import freeze
-from helper.loops import StepOptions, cpu_has_native_bf16
+from helper.loops import StepOptions, cpu_has_native_bf16, train_step
 from helper.options import parse_student_options
 from helper.train import build_distillation
 from helper.trainer import sgd
@@ -75,12 +75,7 @@ def build_step(argv: Sequence[str], teacher: torch.nn.Module, student_name: str,
     objective.train()
 
     def step():
-        options.begin_step()
-        with options.autocast(device):
-            loss, _, _ = objective(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(batch, objective, optimizer, device, options)
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
 

@@ -236,6 +236,18 @@ def _print_now(message: str) -> None:
     print(message, flush=True)  # progress must show up at once in redirected logs too
 
 
+def train_step(batch: Batch, objective, optimizer, device, step_options: StepOptions = StepOptions()) -> tuple:
+    """One optimisation step on `batch` (forward under the step options, backward, SGD step);
+    returns the objective's (loss, terms, logits)."""
+    step_options.begin_step()
+    with step_options.autocast(device):
+        loss, terms, logits = objective(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, terms, logits
+
+
 def train_epoch(epoch: int, loader, objective, optimizer, device, print_freq: int,
                 total_epochs: int, log=_print_now, step_options: StepOptions = StepOptions()) -> dict:
     """One pass over `loader`; returns mean loss terms, top-1/top-5 (%) and throughput."""
@@ -245,12 +257,7 @@ def train_epoch(epoch: int, loader, objective, optimizer, device, print_freq: in
     n_batches = len(loader)
     for step, data in enumerate(loader, 1):
         batch = step_options.batch(data, device)
-        step_options.begin_step()
-        with step_options.autocast(device):
-            loss, terms, logits = objective(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, terms, logits = train_step(batch, objective, optimizer, device, step_options)
         top1, top5 = accuracy(logits.detach().float(), batch.targets)
         n = batch.targets.shape[0]
         sums.add({**terms, 'loss': loss, 'top1': top1 * 100.0 / n, 'top5': top5 * 100.0 / n}, n)
