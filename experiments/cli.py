@@ -29,6 +29,7 @@ import sys
 import torch
 
 from experiments.cost import estimate_hours, smoke_pair
+from experiments.provenance import read_json
 from experiments.runner import StudyRunner
 from experiments.step_cost import row_step_costs
 from experiments.study import Study, load_study, study_names, with_budget
@@ -76,7 +77,9 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser('cost', help="each row's training step timed against the reference row's")
     q.add_argument('study', help=STUDY_HELP)
     q.add_argument('--results', default=EVIDENCE_RESULTS, help='where cost.json goes (<results>/<study>/)')
-    q.add_argument('--rows', nargs='+', default=None, help='a subset of the rows (default: all but the reference)')
+    q.add_argument('--rows', nargs='+', default=None,
+                   help='a subset of the rows (default: all but the reference), timed into an earlier pass '
+                        'on this machine')
     q.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     q.add_argument('--repeats', type=int, default=15, help='interleaved steps per row and run')
     q.add_argument('--runs', type=int, default=3, help='interleaved runs per row (the ratio is their median)')
@@ -125,10 +128,27 @@ def _summarise(args) -> None:
 
 def _cost(args) -> None:
     study = load_study(args.study)
+    path = os.path.join(args.results, study.name, COST_FILE)
     costs = row_step_costs(study, args.rows, device=torch.device(args.device), repeats=args.repeats, runs=args.runs)
-    write_json_atomic(costs, os.path.join(args.results, study.name, COST_FILE))
+    if args.rows and os.path.exists(path):
+        costs = merged_costs(read_json(path), costs, study, path)
+    write_json_atomic(costs, path)
     print(f'{study.name}: step / {study.reference} on {costs["machine"]}: '
           + ', '.join(f'{row} {r["ratio"]:.2f}' for row, r in costs['rows'].items()))
+
+
+def merged_costs(earlier: dict, new: dict, study: Study, path: str) -> dict:
+    """`new` rows timed into an earlier pass of the same study on the same machine (rows no longer
+    in the study dropped); a pass on another machine or with other settings is refused: its
+    ratios would not compare."""
+    keys = ('reference', 'machine', 'device', 'batch_size', 'train_images', 'repeats', 'warmup')
+    differ = [k for k in keys if earlier.get(k) != new[k]]
+    if differ:
+        raise ConfigError(f'{path} was timed with another {differ[0]} ({earlier.get(differ[0])!r}, now '
+                          f'{new[differ[0]]!r}); time every row again without --rows')
+    rows = {row: r for row, r in earlier['rows'].items() if row in study.rows}
+    return dict(new, rows={row: new['rows'].get(row, rows.get(row)) for row in study.rows
+                           if row in new['rows'] or row in rows})
 
 
 def _estimate(args) -> None:

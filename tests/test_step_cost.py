@@ -13,6 +13,7 @@ from experiments import cli
 from experiments.step_cost import build_step, build_teacher, interleaved, row_step_costs
 from experiments.study import load_study
 from experiments.summary import summarise
+from runtime.errors import ConfigError
 
 STUDY = '''notes = "a tiny study"
 dataset = "synthetic"
@@ -142,3 +143,14 @@ def test_row_costs_are_ratios_of_medians_against_the_reference(study, tmp_path):
 def test_the_cost_command_refuses_an_unknown_row_in_one_line(study, capsys):
     assert cli.main(['cost', study.source, '--rows', 'fitnet', '--results', '/nonexistent']) == 2
     assert "no row 'fitnet'" in capsys.readouterr().err
+
+
+def test_rows_timed_later_join_an_earlier_pass_on_the_same_machine_only(study):
+    settings = {'reference': 'kd', 'machine': 'cpu X, 2 threads', 'device': 'cpu', 'batch_size': 8,
+                'train_images': 60, 'repeats': 15, 'warmup': 2}
+    earlier = dict(settings, rows={'ckagroup': {'ratio': 1.3}, 'crd': {'ratio': 2.4}, 'gone': {'ratio': 9.0}})
+    merged = cli.merged_costs(earlier, dict(settings, rows={'crd': {'ratio': 2.5}}), study, 'cost.json')
+    assert merged['rows'] == {'ckagroup': {'ratio': 1.3}, 'crd': {'ratio': 2.5}}  # 'gone' is no row of the study
+    other = dict(settings, machine='cpu Y, 2 threads', rows={'crd': {'ratio': 2.5}})
+    with pytest.raises(ConfigError, match=r"cost\.json was timed with another machine \('cpu X, 2 threads'"):
+        cli.merged_costs(earlier, other, study, 'cost.json')
