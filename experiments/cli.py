@@ -35,6 +35,7 @@ from experiments.step_cost import row_step_costs
 from experiments.study import Study, load_study, study_names, with_budget
 from experiments.summary import COST_FILE, load_runs, summarise
 from helper.run_folder import write_json_atomic
+from helper.setup import select_device
 from runtime.errors import ConfigError
 
 EVIDENCE_RESULTS = os.path.join('docs', 'results')
@@ -129,12 +130,22 @@ def _summarise(args) -> None:
 def _cost(args) -> None:
     study = load_study(args.study)
     path = os.path.join(args.results, study.name, COST_FILE)
-    costs = row_step_costs(study, args.rows, device=torch.device(args.device), repeats=args.repeats, runs=args.runs)
+    if args.repeats < 1 or args.runs < 1:
+        raise ConfigError(f'--repeats {args.repeats} --runs {args.runs}: give at least 1 of each')
+    costs = row_step_costs(study, args.rows, device=cost_device(args.device), repeats=args.repeats, runs=args.runs)
     if args.rows and os.path.exists(path):
         costs = merged_costs(read_json(path), costs, study, path)
     write_json_atomic(costs, path)
     print(f'{study.name}: step / {study.reference} on {costs["machine"]}: '
           + ', '.join(f'{row} {r["ratio"]:.2f}' for row, r in costs['rows'].items()))
+
+
+def cost_device(name: str) -> torch.device:
+    """--device of `cost`, refused in one line when torch does not know it or it is absent."""
+    try:
+        return select_device(name)
+    except RuntimeError:
+        raise ConfigError(f'--device {name!r}: give cpu, cuda or cuda:N') from None
 
 
 def merged_costs(earlier: dict, new: dict, study: Study, path: str) -> dict:

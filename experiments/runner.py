@@ -16,7 +16,6 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from dataset import build_datasets
 from experiments.evaluation import evaluate_checkpoint
 from experiments.provenance import CKA_CODE_HASH, file_digest, fingerprint, learning_rates, read_json, \
     training_environment
@@ -24,6 +23,7 @@ from experiments.study import Study, check_study, student_local_flags, study_err
 from experiments.summary import load_runs, plateau, summarise
 from helper.options import parse_student_options
 from helper.run_folder import write_json_atomic
+from helper.setup import load_data
 from runtime.errors import ConfigError
 
 
@@ -53,9 +53,8 @@ class StudyRunner:
         if not monitored:
             return
         opt = max(monitored, key=lambda o: o.cka_monitor_batches * o.batch_size)
-        data = build_datasets(opt.dataset, self.data_folder, train_per_class=opt.train_per_class,
-                              val_per_class=opt.val_per_class, val_split_per_class=opt.val_split_per_class,
-                              download=False)
+        opt.data_folder = self.data_folder
+        data = load_data(opt, augment=False)  # downloads where allowed; a missing set: one line
         if len(data.val) < opt.cka_monitor_batches * opt.batch_size:
             key = 'student.val_split_per_class' if opt.val_split_per_class else 'student.val_per_class'
             raise study_error(self.study.source, key, f'leaves {len(data.val)} held-out images, fewer than the CKA '

@@ -59,7 +59,8 @@ def build_step(argv: Sequence[str], teacher: torch.nn.Module, student_name: str,
     The method's wrapped data set adds its per-batch extras (CRD's contrast indices), drawn once.
     Returns a callable (with the student, the distiller, the objective and the batch as attributes)."""
     opt = parse_student_options(list(argv))
-    opt.compile = compile_mode
+    if compile_mode is not None:
+        opt.compile = compile_mode
     student = models.build_model(student_name, num_classes=num_classes).to(device)
     wired = build_distillation(opt, CKASettings.from_options(opt), student, teacher,
                                names=(student_name, teacher_name), input_shape=tuple(train_set[0][0].shape),

@@ -16,7 +16,7 @@ import torch
 
 import models
 from cka import random_split
-from dataset import build_datasets
+from dataset import DatasetUnavailableError, build_datasets
 from distiller_zoo import distiller_class
 from experiments import cli, figures, provenance, stats
 from experiments.provenance import code_hash, fingerprint
@@ -354,14 +354,11 @@ def _hand_projector(state: dict, s_n: int, t_n: int) -> torch.nn.Module:
 
 
 def _hand_cka_code_hash() -> str:
-    """Every .py under cka/ and the ckagroup code (distiller_zoo/ckagroup.py, or every .py under
-    distiller_zoo/ckagroup/), hashed here from the files themselves."""
+    """Every .py under cka/ and distiller_zoo/ckagroup/, hashed here from the files themselves."""
     files = []
     for top in ('cka', os.path.join('distiller_zoo', 'ckagroup')):
         for parent, _, names in os.walk(os.path.join(ROOT, top)):
             files += [os.path.relpath(os.path.join(parent, n), ROOT) for n in names if n.endswith('.py')]
-    if os.path.isfile(os.path.join(ROOT, 'distiller_zoo', 'ckagroup.py')):
-        files.append(os.path.join('distiller_zoo', 'ckagroup.py'))
     sha = hashlib.sha256()
     for path in sorted(files):
         sha.update(path.encode() + b'\0' + open(os.path.join(ROOT, path), 'rb').read())
@@ -420,6 +417,19 @@ def test_the_teacher_record_keeps_its_training_time(tmp_path):
     sibling = teacher_of(with_budget(only_kd, name='tiny_kd_sibling'))
     assert sibling['reused_from'] == os.path.join('tiny_kd', 'teacher.json')
     assert sibling['seconds'] == trained['seconds'] and sibling['cpu_model'] == trained['cpu_model']
+
+
+def test_a_data_set_that_cannot_be_had_is_refused_in_one_line_before_anything_trains(tmp_path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError('trained before the check')
+
+    def unavailable(*args, **kwargs):
+        raise DatasetUnavailableError('synthetic is not in /nowhere; pass --data_folder')
+    monkeypatch.setattr('helper.train.run_teacher', no_training)
+    monkeypatch.setattr('helper.setup.build_datasets', unavailable)
+    study = load_study(_write(tmp_path, 'tiny', _tiny_text()))
+    with pytest.raises(ConfigError, match=r'^synthetic is not in /nowhere; pass --data_folder$'):
+        StudyRunner(study, str(tmp_path / 'results'), str(tmp_path / 'work'), '/nowhere').run()
 
 
 def test_too_few_held_out_images_for_the_cka_monitor_are_refused_before_anything_trains(tmp_path, monkeypatch):

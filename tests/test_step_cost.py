@@ -154,3 +154,12 @@ def test_rows_timed_later_join_an_earlier_pass_on_the_same_machine_only(study):
     other = dict(settings, machine='cpu Y, 2 threads', rows={'crd': {'ratio': 2.5}})
     with pytest.raises(ConfigError, match=r"cost\.json was timed with another machine \('cpu X, 2 threads'"):
         cli.merged_costs(earlier, other, study, 'cost.json')
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--device', 'gpu7'], "--device 'gpu7': give cpu, cuda or cuda:N"),
+    (['--repeats', '0'], '--repeats 0 --runs 3: give at least 1 of each'),
+])
+def test_the_cost_command_refuses_bad_settings_in_one_line(study, capsys, flags, message):
+    assert cli.main(['cost', study.source, '--results', '/nonexistent'] + flags) == 2
+    assert capsys.readouterr().err.strip() == f'error: {message}'
