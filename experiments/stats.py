@@ -39,13 +39,16 @@ def t_two_sided_p(t: float, df: int) -> float:
     return min(1.0, max(0.0, 1.0 - t_two_sided_mass(abs(t), df)))
 
 
-def holm(p_values: Dict[str, Optional[float]]) -> Dict[str, Optional[float]]:
+def holm(p_values: Dict[str, Optional[float]], family_size: Optional[int] = None) -> Dict[str, Optional[float]]:
     """Holm's step-down adjusted p-values of one family of tests (Holm 1979): with the m p-values
     sorted ascending, p_(i) becomes max over j <= i of min(1, (m - j + 1) p_(j)). Rejecting where
     the adjusted p < alpha keeps the chance of any false rejection in the family below alpha.
-    Tests without a p-value (None) are left out of the family and stay None."""
+    Tests without a p-value (None) stay None. `family_size`: the m of a declared family some of
+    whose tests have no p-value yet (they count as the largest, so the adjustment stays valid);
+    default: the tests with one."""
     tested = sorted((p, name) for name, p in p_values.items() if p is not None)
-    m, running, adjusted = len(tested), 0.0, {name: None for name in p_values}
+    m = len(tested) if family_size is None else max(family_size, len(tested))
+    running, adjusted = 0.0, {name: None for name in p_values}
     for rank, (p, name) in enumerate(tested):
         running = max(running, min(1.0, (m - rank) * p))
         adjusted[name] = running

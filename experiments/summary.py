@@ -115,7 +115,10 @@ def summarise(study: Study, teacher: dict, records: List[dict], out: str) -> dic
     cka_groups = {s: r['teacher_groups'] for s, r in by_row.get(study.cka_row, {}).items()}
     rows = {row: _row_summary(study, row, runs, accuracy, cka_groups) for row, runs in by_row.items()}
     # the table's family of tests: every row's paired difference against the reference, adjusted together
-    adjusted = stats.holm({row: r['vs'][reference]['p'] for row, r in rows.items() if reference in r['vs']})
+    # the family is declared by the study's rows, also while some have no p-value yet
+    declared = len([row for row in study.rows if row != reference])
+    adjusted = stats.holm({row: r['vs'][reference]['p'] for row, r in rows.items() if reference in r['vs']},
+                          family_size=declared)
     for row, p in adjusted.items():
         rows[row]['vs'][reference]['holm_p'] = p
         rows[row]['verdict'] = verdict(rows[row]['vs'][reference]['mean'], p)
@@ -133,7 +136,7 @@ def summarise(study: Study, teacher: dict, records: List[dict], out: str) -> dic
         'student': study.student.model, 'student_train_per_class': study.student.train_per_class,
         'epochs': study.student.epochs, 'reference': reference, 'cka_row': study.cka_row,
         'headline': study.headline, 'curves_and_flow_on': curves_and_flow_images(study),
-        'family_of_tests': {'against': reference, 'tests': sum(p is not None for p in adjusted.values()),
+        'family_of_tests': {'against': reference, 'tests': declared,
                             'adjustment': 'Holm', 'alpha': ALPHA},
         'rows': rows,
         'flow_vs_accuracy_pearson_over_rows': stats.pearson([rows[r]['flow_cka'] for r in flow_rows],

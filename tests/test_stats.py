@@ -137,3 +137,10 @@ def test_holm_against_a_worked_example():
     # capped at 1; a test without a p-value is not in the family (m = 2 here)
     assert stats.holm({'a': 0.6, 'b': 0.2, 'c': None}) == pytest.approx({'a': 0.6, 'b': 0.4, 'c': None})
     assert stats.holm({'a': 0.7, 'b': 0.8}) == pytest.approx({'a': 1.0, 'b': 1.0})
+
+
+def test_holm_over_a_declared_family_counts_the_tests_without_a_p_value_yet():
+    # the same worked example with H2 and H3 not yet run: as if their p were the largest, the two
+    # known ones are adjusted with m = 4: 4 x 0.005 = 0.02, max(0.02, 3 x 0.01) = 0.03
+    adjusted = stats.holm({'H1': 0.01, 'H2': None, 'H3': None, 'H4': 0.005}, family_size=4)
+    assert adjusted == pytest.approx({'H1': 0.03, 'H2': None, 'H3': None, 'H4': 0.02})
