@@ -1,6 +1,6 @@
 """Scaffolding shared by the tests: the argv of tiny training runs, parsed student options with
-every method's own defaults, and a distillation (or its DistillContext) wired by
-helper.train.build_distillation, as a student run wires it.
+every method's own defaults, a distillation (or its DistillContext) wired by
+helper.train.build_distillation, as a student run wires it, and a tiny study file for the lab.
 
 Test modules import these helpers (`from conftest import ...`; pytest puts tests/ on sys.path).
 """
@@ -64,3 +64,48 @@ def distill_context(student, teacher, opt, **kwargs) -> DistillContext:
     """The DistillContext of `distillation(student, teacher, opt, **kwargs)`, for a test that builds
     a method from it itself."""
     return distillation(student, teacher, opt, **kwargs).ctx
+
+
+# ---- a tiny study file, for the lab's tests (experiments/) ----
+
+TINY_STUDY = '''notes = "a tiny study"
+dataset = "synthetic"
+seeds = {seeds}
+reference = "kd"
+cka_row = "ckagroup"
+
+[teacher]
+model = "resnet8"
+epochs = 1
+lr_decay_epochs = "1"
+learning_rate = 0.05
+batch_size = 8
+seed = 0
+train_per_class = 4
+val_per_class = 4
+train_options = ["--data_on_device", "--channels_last"]
+
+[student]
+model = "resnet8"
+epochs = 1
+lr_decay_epochs = "1"
+learning_rate = 0.05
+batch_size = 8
+train_per_class = 4
+{validation}
+train_options = ["--data_on_device", "--channels_last"]
+
+[rows]
+kd = ["--distill", "kd", "-c", "1", "-d", "1", "-b", "0", "--cka_groups", "2"]
+ckagroup = ["--distill", "ckagroup", "-c", "1", "-d", "1", "-b", "5", "--cka_groups", "2"]
+{rows}'''
+RANDOM_ROW = 'random_groups = ["--distill", "ckagroup", "-c", "1", "-d", "1", "-b", "5", "--cka_groups", "2", ' \
+             '"--cka_teacher_split", "random"]'
+CRD_ROW = 'crd = ["--distill", "crd", "-c", "1", "-d", "1", "-b", "0.8", "--cka_groups", "2", "--nce_k", "16"]'
+FAMILY_ROWS = CRD_ROW + '\nsimkd = ["--distill", "simkd", "-c", "0", "-d", "0", "-b", "1", "--cka_groups", "2"]'
+
+
+def tiny_study_text(seeds: str = '[0, 1]', validation: str = 'val_per_class = 4', rows: str = RANDOM_ROW) -> str:
+    """A study file's text: resnet8 teaching resnet8 for one epoch on 4 synthetic images per class,
+    rows kd and ckagroup plus `rows` (TOML lines), `validation` the student's held-out key."""
+    return TINY_STUDY.format(seeds=seeds, validation=validation, rows=rows)

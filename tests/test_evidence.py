@@ -24,6 +24,7 @@ from experiments.runner import StudyRunner
 from experiments.study import load_study, study_names, with_budget
 from experiments.summary import COST_FILE, final_slope, flow_cka, load_runs, plateau, pre_decay_slope, summarise
 from runtime.errors import ConfigError
+from conftest import FAMILY_ROWS, tiny_study_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, 'docs', 'results')
@@ -75,47 +76,6 @@ def test_every_committed_run_is_recognised_as_finished(name, tmp_path, monkeypat
 
 # ---- studies as data ----
 
-TINY = '''notes = "a tiny study"
-dataset = "synthetic"
-seeds = {seeds}
-reference = "kd"
-cka_row = "ckagroup"
-
-[teacher]
-model = "resnet8"
-epochs = 1
-lr_decay_epochs = "1"
-learning_rate = 0.05
-batch_size = 8
-seed = 0
-train_per_class = 4
-val_per_class = 4
-train_options = ["--data_on_device", "--channels_last"]
-
-[student]
-model = "resnet8"
-epochs = 1
-lr_decay_epochs = "1"
-learning_rate = 0.05
-batch_size = 8
-train_per_class = 4
-{validation}
-train_options = ["--data_on_device", "--channels_last"]
-
-[rows]
-kd = ["--distill", "kd", "-c", "1", "-d", "1", "-b", "0", "--cka_groups", "2"]
-ckagroup = ["--distill", "ckagroup", "-c", "1", "-d", "1", "-b", "5", "--cka_groups", "2"]
-{rows}'''
-RANDOM_ROW = 'random_groups = ["--distill", "ckagroup", "-c", "1", "-d", "1", "-b", "5", "--cka_groups", "2", ' \
-             '"--cka_teacher_split", "random"]'
-FAMILY_ROWS = ('crd = ["--distill", "crd", "-c", "1", "-d", "1", "-b", "0.8", "--cka_groups", "2", "--nce_k", "16"]\n'
-               'simkd = ["--distill", "simkd", "-c", "0", "-d", "0", "-b", "1", "--cka_groups", "2"]')
-
-
-def _tiny_text(seeds='[0, 1]', validation='val_per_class = 4', rows=RANDOM_ROW) -> str:
-    return TINY.format(seeds=seeds, validation=validation, rows=rows)
-
-
 def _write(folder, name: str, text: str) -> str:
     path = os.path.join(str(folder), f'{name}.toml')
     with open(path, 'w') as f:
@@ -124,7 +84,7 @@ def _write(folder, name: str, text: str) -> str:
 
 
 def test_a_study_is_its_file_named_by_its_stem_and_a_shipped_one_by_its_name(tmp_path):
-    path = _write(tmp_path, 'my_study', _tiny_text())
+    path = _write(tmp_path, 'my_study', tiny_study_text())
     study = load_study(path)
     assert (study.name, study.source, list(study.rows)) == ('my_study', path, ['kd', 'ckagroup', 'random_groups'])
     assert study.student_argv('ckagroup', 1, ['--x']) == [
@@ -151,46 +111,46 @@ def _edit(text: str, old: str, new: str) -> str:
 
 
 BAD_STUDIES = {  # what is wrong -> (the file's text, the key named, a piece of the refusal)
-    'unknown key': (_edit(_tiny_text(), 'reference =', 'refrence = "kd"\nreference ='),
+    'unknown key': (_edit(tiny_study_text(), 'reference =', 'refrence = "kd"\nreference ='),
                     'refrence', 'unknown key; remove it or use one of notes, dataset'),
-    'unknown key in a table': (_edit(_tiny_text(), '[student]\n', '[student]\nepoch = 3\n'), 'student.epoch',
+    'unknown key in a table': (_edit(tiny_study_text(), '[student]\n', '[student]\nepoch = 3\n'), 'student.epoch',
                                'unknown key'),
-    'missing key': (_edit(_tiny_text(), 'seeds = [0, 1]\n', ''), 'seeds', 'missing; add it'),
-    'missing key in a table': (_edit(_tiny_text(), '[teacher]\nmodel = "resnet8"\n', '[teacher]\n'),
+    'missing key': (_edit(tiny_study_text(), 'seeds = [0, 1]\n', ''), 'seeds', 'missing; add it'),
+    'missing key in a table': (_edit(tiny_study_text(), '[teacher]\nmodel = "resnet8"\n', '[teacher]\n'),
                                'teacher.model', 'missing; add it (a string in quotes)'),
-    'a number in quotes': (_edit(_tiny_text(), 'batch_size = 8\ntrain_per_class', 'batch_size = "8"\ntrain_per_class'),
+    'a number in quotes': (_edit(tiny_study_text(), 'batch_size = 8\ntrain_per_class', 'batch_size = "8"\ntrain_per_class'),
                            'student.batch_size', "'8' is not a positive whole number"),
-    'decay epochs not as the flag takes them': (_edit(_tiny_text(), 'lr_decay_epochs = "1"', 'lr_decay_epochs = "1 2"'),
+    'decay epochs not as the flag takes them': (_edit(tiny_study_text(), 'lr_decay_epochs = "1"', 'lr_decay_epochs = "1 2"'),
                                                 'teacher.lr_decay_epochs', 'e.g. "20,25"'),
-    'a row name that cannot name a file': (_tiny_text(rows='"one/two" = ["--distill", "kd"]'), 'rows.one/two',
+    'a row name that cannot name a file': (tiny_study_text(rows='"one/two" = ["--distill", "kd"]'), 'rows.one/two',
                                            'a row name holds only letters, digits, _ and -'),
-    'repeated seeds': (_tiny_text(seeds='[0, 0]'), 'seeds', 'a non-empty list of distinct whole numbers'),
-    'a row that is one string': (_tiny_text(rows='one = "--distill kd -b 0"'), 'rows.one',
+    'repeated seeds': (tiny_study_text(seeds='[0, 0]'), 'seeds', 'a non-empty list of distinct whole numbers'),
+    'a row that is one string': (tiny_study_text(rows='one = "--distill kd -b 0"'), 'rows.one',
                                  'is not a list of train_student.py arguments as strings'),
-    'a row with a number': (_tiny_text(rows='one = ["--distill", "kd", "-b", 0]'), 'rows.one',
+    'a row with a number': (tiny_study_text(rows='one = ["--distill", "kd", "-b", 0]'), 'rows.one',
                             'is not a list of train_student.py arguments as strings'),
-    'a flag train_student.py does not know': (_tiny_text(rows='one = ["--distill", "kd", "--temperature", "4"]'),
+    'a flag train_student.py does not know': (tiny_study_text(rows='one = ["--distill", "kd", "--temperature", "4"]'),
                                               'rows.one', "'--temperature' is not an argument of train_student.py"),
-    'a method that does not exist': (_tiny_text(rows='one = ["--distill", "pkt"]'), 'rows.one',
+    'a method that does not exist': (tiny_study_text(rows='one = ["--distill", "pkt"]'), 'rows.one',
                                      "argument --distill: invalid choice: 'pkt'"),
-    'a value the method refuses': (_tiny_text(rows='one = ["--distill", "ckagroup", "--cka_batches", "0"]'),
+    'a value the method refuses': (tiny_study_text(rows='one = ["--distill", "ckagroup", "--cka_batches", "0"]'),
                                    'rows.one', '--cka_batches 0: give at least 1 batch'),
-    'a row without a method': (_tiny_text(rows='one = ["-b", "5"]'), 'rows.one', 'names no method'),
-    'a row that changes the protocol': (_tiny_text(rows='one = ["--distill", "kd", "--epochs", "5"]'), 'rows.one',
+    'a row without a method': (tiny_study_text(rows='one = ["-b", "5"]'), 'rows.one', 'names no method'),
+    'a row that changes the protocol': (tiny_study_text(rows='one = ["--distill", "kd", "--epochs", "5"]'), 'rows.one',
                                         'sets epochs, which the study\'s tables or the runner set for every run'),
-    'a row that changes a local path': (_tiny_text(rows='one = ["--distill", "kd", "--save_dir", "x"]'), 'rows.one',
+    'a row that changes a local path': (tiny_study_text(rows='one = ["--distill", "kd", "--save_dir", "x"]'), 'rows.one',
                                         'sets save_dir'),
     'a teacher option train_teacher.py does not know': (
-        _edit(_tiny_text(), '"--data_on_device", "--channels_last"]', '"--data_on_device", "--distill", "kd"]'),
+        _edit(tiny_study_text(), '"--data_on_device", "--channels_last"]', '"--data_on_device", "--distill", "kd"]'),
         'teacher.train_options', "'--distill' is not an argument of train_teacher.py"),
     'held-out images without a training subset': (
-        _edit(_tiny_text(validation='val_split_per_class = 4'), 'train_per_class = 4\nval_split', 'val_split'),
+        _edit(tiny_study_text(validation='val_split_per_class = 4'), 'train_per_class = 4\nval_split', 'val_split'),
         'student', '--val_split_per_class holds images out after the training subset; give --train_per_class too'),
-    'two validation sets': (_tiny_text(validation='val_per_class = 4\nval_split_per_class = 4'), 'student',
+    'two validation sets': (tiny_study_text(validation='val_per_class = 4\nval_split_per_class = 4'), 'student',
                             'both choose the validation set'),
-    'a headline that is no row': (_edit(_tiny_text(), 'cka_row =', 'headline = "beta_20"\ncka_row ='),
+    'a headline that is no row': (_edit(tiny_study_text(), 'cka_row =', 'headline = "beta_20"\ncka_row ='),
                                   'headline', "'beta_20' is not a row; name one of kd, ckagroup, random_groups"),
-    'a reference that is no row': (_edit(_tiny_text(), 'reference = "kd"', 'reference = "KD"'), 'reference',
+    'a reference that is no row': (_edit(tiny_study_text(), 'reference = "kd"', 'reference = "KD"'), 'reference',
                                    "'KD' is not a row"),
 }
 
@@ -206,13 +166,13 @@ def test_a_bad_study_is_refused_in_one_line_naming_the_file_and_the_key(case, tm
 
 
 def test_bad_toml_is_refused_naming_the_file_and_the_line(tmp_path):
-    path = _write(tmp_path, 'bad', _edit(_tiny_text(), 'epochs = 1\n', 'epochs = \n'))
+    path = _write(tmp_path, 'bad', _edit(tiny_study_text(), 'epochs = 1\n', 'epochs = \n'))
     with pytest.raises(ConfigError, match=r'bad\.toml: not valid TOML \(.*line 9.*\); fix the syntax there'):
         load_study(path)
 
 
 def test_a_method_whose_head_the_evaluation_cannot_rebuild_is_refused(tmp_path, monkeypatch):
-    path = _write(tmp_path, 'family', _tiny_text(rows=FAMILY_ROWS))
+    path = _write(tmp_path, 'family', tiny_study_text(rows=FAMILY_ROWS))
     assert 'simkd' in load_study(path).rows
     monkeypatch.setattr('experiments.evaluation.DEPLOYED_HEADS', {})
     with pytest.raises(ConfigError, match=r'rows\.simkd: --distill simkd predicts through its own head'):
@@ -275,7 +235,7 @@ def test_the_cka_code_hash_covers_a_module_or_a_package(tmp_path, monkeypatch):
 
 def test_a_researchers_study_runs_from_its_file_split_over_processes_then_is_reused_or_resumed(tmp_path, monkeypatch):
     results, work, data = str(tmp_path / 'results'), str(tmp_path / 'work'), str(tmp_path)
-    path = _write(tmp_path, 'tiny', _tiny_text())
+    path = _write(tmp_path, 'tiny', tiny_study_text())
     study = load_study(path)
     extra = ['--cka_batches', '2']
     threads = torch.get_num_threads()
@@ -369,7 +329,7 @@ def _hand_cka_code_hash() -> str:
 
 def test_every_method_runs_on_held_out_curves_and_is_evaluated_as_deployed(tmp_path):
     results, work = str(tmp_path / 'results'), str(tmp_path / 'work')
-    study = load_study(_write(tmp_path, 'tiny_family', _tiny_text(seeds='[0]', validation='val_split_per_class = 4',
+    study = load_study(_write(tmp_path, 'tiny_family', tiny_study_text(seeds='[0]', validation='val_split_per_class = 4',
                                                                   rows=FAMILY_ROWS)))
     StudyRunner(study, results, work, str(tmp_path), extra=['--cka_batches', '2']).run()
     runs = os.path.join(results, 'tiny_family', 'runs')
@@ -405,7 +365,7 @@ def test_every_method_runs_on_held_out_curves_and_is_evaluated_as_deployed(tmp_p
 
 def test_the_teacher_record_keeps_its_training_time(tmp_path):
     results, work = str(tmp_path / 'results'), str(tmp_path / 'work')
-    only_kd = load_study(_write(tmp_path, 'tiny_kd', _tiny_text(seeds='[0]', rows='')))
+    only_kd = load_study(_write(tmp_path, 'tiny_kd', tiny_study_text(seeds='[0]', rows='')))
 
     def teacher_of(study):
         return StudyRunner(study, results, work, str(tmp_path), extra=['--cka_batches', '2']).teacher()
@@ -429,7 +389,7 @@ def test_a_data_set_that_cannot_be_had_is_refused_in_one_line_before_anything_tr
         raise DatasetUnavailableError('synthetic is not in /nowhere; pass --data_folder')
     monkeypatch.setattr('helper.train.run_teacher', no_training)
     monkeypatch.setattr('helper.setup.build_datasets', unavailable)
-    study = load_study(_write(tmp_path, 'tiny', _tiny_text()))
+    study = load_study(_write(tmp_path, 'tiny', tiny_study_text()))
     with pytest.raises(ConfigError, match=r'^synthetic is not in /nowhere; pass --data_folder$'):
         StudyRunner(study, str(tmp_path / 'results'), str(tmp_path / 'work'), '/nowhere').run()
 
@@ -439,7 +399,7 @@ def test_too_few_held_out_images_for_the_cka_monitor_are_refused_before_anything
     def no_training(*args, **kwargs):
         raise AssertionError('trained before the check')
     monkeypatch.setattr('helper.train.run_teacher', no_training)
-    study = load_study(_write(tmp_path, 'small', _tiny_text(validation='val_per_class = 3')))
+    study = load_study(_write(tmp_path, 'small', tiny_study_text(validation='val_per_class = 3')))
     with pytest.raises(ConfigError, match=r'small\.toml: student\.val_per_class: leaves 30 held-out images, fewer '
                                           r'than the CKA monitor\'s 4 batches of 8; raise it'):
         StudyRunner(study, str(tmp_path / 'results'), str(tmp_path / 'work'), str(tmp_path)).run()

@@ -15,42 +15,13 @@ from experiments.study import load_study
 from experiments.summary import summarise
 from runtime.errors import ConfigError
 
-STUDY = '''notes = "a tiny study"
-dataset = "synthetic"
-seeds = [0]
-reference = "kd"
-cka_row = "ckagroup"
-
-[teacher]
-model = "resnet8"
-epochs = 1
-lr_decay_epochs = "1"
-learning_rate = 0.05
-batch_size = 8
-seed = 0
-train_options = []
-
-[student]
-model = "resnet8"
-epochs = 1
-lr_decay_epochs = "1"
-learning_rate = 0.05
-batch_size = 8
-train_per_class = 6
-val_per_class = 4
-train_options = ["--channels_last"]
-
-[rows]
-kd = ["--distill", "kd", "-c", "1", "-d", "1", "-b", "0", "--cka_groups", "2"]
-ckagroup = ["--distill", "ckagroup", "-c", "1", "-d", "1", "-b", "5", "--cka_groups", "2"]
-crd = ["--distill", "crd", "-c", "1", "-d", "1", "-b", "0.8", "--cka_groups", "2", "--nce_k", "16"]
-'''
+from conftest import CRD_ROW, tiny_study_text
 
 
 @pytest.fixture
 def study(tmp_path):
     path = tmp_path / 'tiny.toml'
-    path.write_text(STUDY)
+    path.write_text(tiny_study_text(seeds='[0]', rows=CRD_ROW))
     return load_study(str(path))
 
 
@@ -119,7 +90,7 @@ def test_row_costs_are_ratios_of_medians_against_the_reference(study, tmp_path):
     lines = []
     costs = row_step_costs(study, device=torch.device('cpu'), repeats=2, warmup=1, runs=3, log=lines.append)
     assert list(costs['rows']) == ['ckagroup', 'crd'] and costs['reference'] == 'kd'
-    assert costs['train_images'] == 60 and costs['batch_size'] == 8 and 'threads' in costs['machine']
+    assert costs['train_images'] == 10 * 4 and costs['batch_size'] == 8 and 'threads' in costs['machine']
     for row, r in costs['rows'].items():
         assert len(r['runs']) == 3
         for run in r['runs']:
