@@ -16,7 +16,7 @@ interrupted one resumes from its last checkpoint. Budget overrides (--epochs, --
 seeds beyond the declared ones, ...) are for smoke tests and need a --results folder outside
 docs/results. `--seeds` with some of the declared seeds splits a study over processes: start the
 second once teacher.json is written, give each other seeds; each summary covers every finished run
-on disk. Arguments after `--` go to every student run. `cost` times each row's training step
+on disk. `--teacher_only` trains (or reuses) the teacher and stops. Arguments after `--` go to every student run. `cost` times each row's training step
 interleaved with the reference row's on this machine (experiments/step_cost.py) and writes
 <results>/<study>/cost.json, which the summary then shows as a ratio to the reference; run it on a
 quiet machine, in one session, for every row at once.
@@ -62,6 +62,8 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument('--data_folder', default='./data')
             q.add_argument('--rows', nargs='+', default=None, help='a subset of the rows (default: all)')
             q.add_argument('--num_workers', type=int, default=1)
+            q.add_argument('--teacher_only', action='store_true',
+                           help='train (or reuse) the teacher and stop, e.g. on a GPU before the students run on CPUs')
             q.add_argument('--seeds', type=int, nargs='+',
                            help='some of the declared seeds (a share of the study), or others (a smoke budget)')
             smoke = q.add_argument_group('smoke budget (results outside docs/results only)')
@@ -112,7 +114,13 @@ def budgeted_study(args, study: Study) -> Study:
 def _run(args, extra) -> None:
     for name in study_names() if args.study == 'all' else [args.study]:
         study = budgeted_study(args, load_study(name))
-        StudyRunner(study, args.results, args.work, args.data_folder, args.num_workers, extra).run(args.rows)
+        runner = StudyRunner(study, args.results, args.work, args.data_folder, args.num_workers, extra)
+        if args.teacher_only:
+            teacher = runner.teacher()
+            print(f'{study.name}: teacher {teacher["model"]} {teacher["test_top1_full"]:.2f} on the full test set, '
+                  f'{teacher["seconds"] / 60:.1f} min; checkpoint {teacher["checkpoint"]}')
+            continue
+        runner.run(args.rows)
         with open(os.path.join(args.results, study.name, 'summary.md')) as f:
             print(f.read())
 

@@ -405,6 +405,22 @@ def test_too_few_held_out_images_for_the_cka_monitor_are_refused_before_anything
         StudyRunner(study, str(tmp_path / 'results'), str(tmp_path / 'work'), str(tmp_path)).run()
 
 
+def test_teacher_only_trains_the_teacher_and_no_student(tmp_path, monkeypatch, capsys):
+    results, work = str(tmp_path / 'results'), str(tmp_path / 'work')
+    path = _write(tmp_path, 'tiny', tiny_study_text())
+
+    def no_student(*args, **kwargs):
+        raise AssertionError('a student trained under --teacher_only')
+    monkeypatch.setattr('helper.train.run_student', no_student)
+    assert cli.main(['run', path, '--teacher_only', '--results', results, '--work', work,
+                     '--data_folder', str(tmp_path)]) == 0
+    assert sorted(os.listdir(os.path.join(results, 'tiny'))) == ['teacher.json']
+    teacher = json.load(open(os.path.join(results, 'tiny', 'teacher.json')))
+    assert teacher['epochs'] == 1 and teacher['train_images'] == 10 * 4 and os.path.isfile(teacher['checkpoint'])
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(f'tiny: teacher resnet8 {teacher["test_top1_full"]:.2f} on the full test set')
+
+
 def test_the_command_line_refuses_smoke_budgets_in_docs_results_and_lists_the_shipped_studies(capsys):
     assert cli.main(['run', 'resnet56_resnet8', '--epochs', '2']) == 2
     assert 'budget overrides (epochs) make smoke results, not evidence' in capsys.readouterr().err
