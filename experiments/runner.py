@@ -62,13 +62,18 @@ class StudyRunner:
                                                       f'{opt.batch_size}; raise it')
 
     # ---- the teacher ----
+    def teacher_save_dir(self) -> str:
+        """The teacher's --save_dir: shared by the studies under `work` that declare the same teacher."""
+        key = fingerprint(self.study.teacher_argv())
+        return os.path.join(os.path.dirname(self.work), 'teachers', f'{self.study.teacher.model}_{key}')
+
     def teacher(self) -> dict:
         """Train (or resume, or reuse) the teacher; returns teacher.json's record."""
         from helper.train import run_teacher
         argv = self.study.teacher_argv()
         key = fingerprint(argv)
         record_path = os.path.join(self.out, 'teacher.json')
-        save_dir = os.path.join(os.path.dirname(self.work), 'teachers', f'{self.study.teacher.model}_{key}')
+        save_dir = self.teacher_save_dir()
         if os.path.exists(record_path):
             record = read_json(record_path)
             if record['fingerprint'] != key:

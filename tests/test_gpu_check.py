@@ -1,4 +1,5 @@
-"""scripts/gpu_check.sh: its no-GPU branch, and its report built from what the benchmarks write."""
+"""scripts/gpu_check.sh: its no-GPU branch, and its report built from what the benchmarks write;
+scripts/gpu_evidence.sh: its no-GPU branch."""
 import json
 import os
 import subprocess
@@ -74,3 +75,14 @@ def test_call_counter_counts_each_host_read_where_it_is_asked():
     assert counted['host_reads_at'] == {f'{here}:{first + 1}': 1, f'{here}:{first + 2}': 2}
     assert counted['aten_calls'] >= 4   # add, sum, gt, max at least
     assert all(getattr(torch.Tensor, name) is method for name, method in before.items())
+
+
+def test_gpu_evidence_without_gpu_one_line_and_exit_0(tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', PYTHON=sys.executable)
+    out = tmp_path / 'results'
+    done = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'gpu_evidence.sh'), str(out)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and 'no CUDA GPU' in lines[0]
+    assert not out.exists()
