@@ -1,4 +1,5 @@
-"""summary.md: a study's summary as a markdown table with the protocol it was measured under."""
+"""summary.md: a study's summary as a markdown table with the protocol it was measured under, then
+its rows ranked by top-1 (the short table a README carries)."""
 from typing import Optional
 
 from experiments.study import Study
@@ -45,11 +46,28 @@ def markdown(study: Study, summary: dict) -> str:
     if users:
         lines += ['', 'CKA-term code (sha256 of every .py under cka/ and of the ckagroup code, first 12 digits): '
                   + '; '.join(f'{version[:12]}: {", ".join(rows)}' for version, rows in sorted(users.items()))]
+    lines += ['', ranked(summary, reference)]
     if cost:
         lines += ['', f'Step / {reference}: the median, over {cost["repeats"]}-step runs, of one training step\'s time '
                   f'against {reference}\'s, interleaved (batch {cost["batch_size"]}, `scripts/evidence.py cost`), on '
                   f'{cost["machine"]}; the per-epoch evaluation, CKA monitor and teacher grouping are not in it.']
     return '\n'.join(lines + [''])
+
+
+def ranked(summary: dict, reference: str) -> str:
+    """The rows by mean top-1, highest first: the paired difference against `reference` with its
+    interval, the Holm-adjusted p, the verdict and (where timed) the step cost."""
+    cost = summary.get('step_cost')
+    lines = ['Ranked by mean top-1:', '',
+             f'| rank | row | seeds | top-1 | vs {reference} | Holm p | verdict |' + (f' step / {reference} |' if cost else ''),
+             '|---|---|---|---|---|---|---|' + ('---|' if cost else '')]
+    order = sorted(summary['rows'].items(), key=lambda item: -(item[1]['top1']['mean'] or float('-inf')))
+    for rank, (row, r) in enumerate(order, 1):
+        against = r['vs'].get(reference)
+        lines.append(f'| {rank} | {row} | {len(r["seeds"])} | {_pm(r["top1"])} | {_diff(against)} | '
+                     f'{_p((against or {}).get("holm_p"))} | {r.get("verdict", "–")} |'
+                     + (f' {_num(r.get("step_cost"))} |' if cost else ''))
+    return '\n'.join(lines)
 
 
 def _pm(summary: dict) -> str:

@@ -19,6 +19,7 @@ from cka import random_split
 from dataset import DatasetUnavailableError, build_datasets
 from distiller_zoo import distiller_class
 from experiments import cli, figures, provenance, stats
+from experiments.report import ranked
 from experiments.provenance import code_hash, fingerprint
 from experiments.runner import StudyRunner
 from experiments.study import load_study, study_names, with_budget
@@ -465,6 +466,26 @@ def _fake_run(row, seed, top1, curve, groups=None, split='cka'):
 
 TEACHER = {'model': 'resnet56', 'epochs': 3, 'train_images': 50000, 'test_top1_full': 90.0,
            'plateau_gain': None, 'seconds': 1.0}
+
+
+def test_the_ranked_table_orders_rows_by_mean_top1_with_holm_p_and_cost():
+    def row(mean, std, seeds, vs=None, verdict=None, cost=None):
+        r = {'seeds': seeds, 'top1': {'mean': mean, 'std': std}, 'vs': {'kd': vs} if vs else {}, 'step_cost': cost}
+        return dict(r, verdict=verdict) if verdict else r
+    vs = {'n': 3, 'mean': 1.5, 'low': 0.25, 'high': 2.75, 'holm_p': 0.0004}
+    summary = {'step_cost': {'repeats': 15}, 'rows': {
+        'kd': row(70.0, 0.5, [0, 1, 2], cost=1.0),
+        'crd': row(69.0, None, [0], vs=dict(vs, n=1, mean=-1.0, low=None, high=None, holm_p=None),
+                   verdict='no difference found', cost=2.5),
+        'hint': row(71.5, 0.25, [0, 1, 2], vs=vs, verdict='ahead', cost=1.01)}}
+    assert ranked(summary, 'kd').splitlines()[2:] == [
+        '| rank | row | seeds | top-1 | vs kd | Holm p | verdict | step / kd |',
+        '|---|---|---|---|---|---|---|---|',
+        '| 1 | hint | 3 | 71.50 ± 0.25 | +1.50 [+0.25, +2.75] (n=3) | 4.0e-04 | ahead | 1.01 |',
+        '| 2 | kd | 3 | 70.00 ± 0.50 | – | – | – | 1.00 |',
+        '| 3 | crd | 1 | 69.00 | -1.00 (n=1, no interval) | – | no difference found | 2.50 |']
+    del summary['step_cost']  # not timed: no cost column
+    assert ranked(summary, 'kd').splitlines()[2] == '| rank | row | seeds | top-1 | vs kd | Holm p | verdict |'
 
 
 def test_summary_from_raw_runs_by_hand(tmp_path):
