@@ -47,6 +47,8 @@ def markdown(study: Study, summary: dict) -> str:
         lines += ['', 'CKA-term code (sha256 of every .py under cka/ and of the ckagroup code, first 12 digits): '
                   + '; '.join(f'{version[:12]}: {", ".join(rows)}' for version, rows in sorted(users.items()))]
     lines += ['', ranked(summary, reference)]
+    if summary.get('repeats'):
+        lines += ['', repeats_table(summary['repeats'])]
     if cost:
         lines += ['', f'Step / {reference}: the median, over {cost["repeats"]}-step runs, of one training step\'s time '
                   f'against {reference}\'s, interleaved (batch {cost["batch_size"]}, `scripts/evidence.py cost`), on '
@@ -67,6 +69,19 @@ def ranked(summary: dict, reference: str) -> str:
         lines.append(f'| {rank} | {row} | {len(r["seeds"])} | {_pm(r["top1"])} | {_diff(against)} | '
                      f'{_p((against or {}).get("holm_p"))} | {r.get("verdict", "–")} |'
                      + (f' {_num(r.get("step_cost"))} |' if cost else ''))
+    return '\n'.join(lines)
+
+
+def repeats_table(repeats: dict) -> str:
+    """Rows that ran an earlier study's seeds again: per seed, both top-1s, their difference and
+    where each trained."""
+    lines = ['Runs repeating an earlier study\'s seeds (difference: this run minus the earlier one):', '',
+             '| row | repeats | seed | top-1 | earlier top-1 | difference | this run | earlier run |',
+             '|---|---|---|---|---|---|---|---|']
+    for row, r in repeats.items():
+        for seed, s in r['seeds'].items():
+            lines.append(f'| {row} | {r["of"]} | {seed} | {s["top1"]:.2f} | {s["earlier_top1"]:.2f} | '
+                         f'{s["difference"]:+.2f} | {s["setting"]} | {s["earlier_setting"]} |')
     return '\n'.join(lines)
 
 

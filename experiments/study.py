@@ -3,7 +3,8 @@
 The file (`experiments/studies/<name>.toml`, or any path) holds the teacher's recipe (`[teacher]`),
 what every student run shares (`[student]`), the rows (`[rows]`: each a list of train_student.py
 arguments, the row's objective), the seeds, the reference row every paired test is taken against,
-the CKA row, and optionally the headline row. The study's name is the file's stem; it names the
+the CKA row, optionally the headline row, and optionally `[repeats]`: rows that run an earlier
+study's row again on its seeds under this protocol (`kd = "resnet56_resnet8/kd"`). The study's name is the file's stem; it names the
 results folder. `load_study` reads the file with tomllib and refuses, in one line naming the file,
 the key and the fix, anything the runner could not train as declared, before anything trains.
 
@@ -16,7 +17,7 @@ import io
 import os
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from experiments.evaluation import has_rebuildable_head
@@ -73,6 +74,9 @@ class Study:
     cka_row: str  # the row with CKA groups: the second baseline; flow CKA uses its groups
     headline: Optional[str] = None  # the row that answers the study's question, declared before it runs
     notes: str = ''
+    # row -> '<study>/<row>': the earlier study's row whose seeds this row runs again under this
+    # study's protocol (the summary sets their per-seed results side by side)
+    repeats: Dict[str, str] = field(default_factory=dict)
 
     def teacher_argv(self) -> List[str]:
         """The teacher's train_teacher.py arguments, but for the local paths."""
@@ -153,7 +157,8 @@ _KINDS = {  # kind -> (test, what the value must be)
 # key -> (kind, required); [teacher] and [student] have one key per field of their dataclass
 _STUDY_KEYS = {'notes': ('text', False), 'dataset': ('text', True), 'seeds': ('seeds', True),
                'reference': ('text', True), 'cka_row': ('text', True), 'headline': ('text', False),
-               'teacher': ('table', True), 'student': ('table', True), 'rows': ('table', True)}
+               'teacher': ('table', True), 'student': ('table', True), 'rows': ('table', True),
+               'repeats': ('table', False)}
 _TEACHER_KEYS = {'model': ('text', True), 'epochs': ('count', True), 'lr_decay_epochs': ('decays', True),
                  'learning_rate': ('number', True), 'batch_size': ('count', True), 'seed': ('integer', True),
                  'train_options': ('flags', True), 'train_per_class': ('count', False),
@@ -224,9 +229,27 @@ def load_study(name_or_path: str) -> Study:
                   teacher=TeacherRecipe(**_read_table(top['teacher'], _TEACHER_KEYS, 'teacher.', source)),
                   student=StudentProtocol(**_read_table(top['student'], _STUDENT_KEYS, 'student.', source)),
                   rows=rows, seeds=top['seeds'], reference=top['reference'], cka_row=top['cka_row'],
-                  headline=top.get('headline'), notes=top.get('notes', ''))
+                  headline=top.get('headline'), notes=top.get('notes', ''),
+                  repeats={row: _repeated_row(source, row, earlier) for row, earlier in top.get('repeats', {}).items()})
     check_study(study)
     return study
+
+
+def _repeated_row(source: str, row: str, earlier) -> str:
+    """A `[repeats]` entry checked: '<shipped study>/<one of its rows>'."""
+    key = f'repeats.{row}'
+    if not isinstance(earlier, str) or earlier.count('/') != 1:
+        raise study_error(source, key, f'{earlier!r} is not "<study>/<row>"; name the earlier run\'s study and row, '
+                                       'e.g. "resnet56_resnet8/kd"')
+    name, earlier_row = earlier.split('/')
+    try:
+        with open(study_path(name), 'rb') as f:
+            rows = tomllib.load(f).get('rows', {})
+    except ConfigError as exc:
+        raise study_error(source, key, str(exc)) from None
+    if earlier_row not in rows:
+        raise study_error(source, key, f'{name} has no row {earlier_row!r}; name one of {", ".join(rows)}')
+    return earlier
 
 
 # ---- what train_teacher.py and train_student.py would make of it ----
@@ -288,6 +311,9 @@ def check_study(study: Study) -> None:
         row = getattr(study, key)
         if row is not None and row not in study.rows:
             raise study_error(source, key, f'{row!r} is not a row; name one of {", ".join(study.rows)}')
+    for row in study.repeats:
+        if row not in study.rows:
+            raise study_error(source, f'repeats.{row}', f'{row!r} is not a row; name one of {", ".join(study.rows)}')
     if not study.seeds or len(set(study.seeds)) != len(study.seeds):
         raise study_error(source, 'seeds', f'{list(study.seeds)}: give distinct seeds, at least one')
 

@@ -106,8 +106,35 @@ def _row_summary(study: Study, row: str, runs: dict, accuracy: dict, cka_groups:
             'cka_code_hashes': sorted({r['cka_code_hash'] for r in runs.values() if 'cka_code_hash' in r}) or None}
 
 
-def summarise(study: Study, teacher: dict, records: List[dict], out: str) -> dict:
-    """Write summary.json, summary.md, curves.png and forest.png from the raw run records."""
+def run_setting(record: dict) -> str:
+    """What a raw record says about where and how it trained: CPU model (or GPU), capability,
+    precision, and the CKA-term code version."""
+    device = record.get('device', 'cpu')
+    where = device if device != 'cpu' else record.get('cpu_model', 'CPU model not recorded')
+    precision = 'bf16 --amp' if '--amp' in record['argv'] else 'float32'
+    code = record.get('cka_code_hash')
+    return (f'{where}, {record.get("torch_cpu_capability", "capability not recorded")}, {precision}, '
+            f'CKA code {code[:12] if code else "not recorded"}')
+
+
+def repeated_runs(study: Study, by_row: dict, results_root: str) -> dict:
+    """For each row that repeats an earlier study's row: per seed run in both, the two top-1s,
+    their difference (this run minus the earlier) and each run's setting (`run_setting`)."""
+    repeats = {}
+    for row, earlier in study.repeats.items():
+        name, earlier_row = earlier.split('/')
+        runs = {r['seed']: r for r in load_runs(os.path.join(results_root, name)) if r['row'] == earlier_row}
+        repeats[row] = {'of': earlier, 'seeds': {
+            str(seed): {'top1': run['test_top1_full'], 'earlier_top1': runs[seed]['test_top1_full'],
+                        'difference': run['test_top1_full'] - runs[seed]['test_top1_full'],
+                        'setting': run_setting(run), 'earlier_setting': run_setting(runs[seed])}
+            for seed, run in sorted(by_row.get(row, {}).items()) if seed in runs}}
+    return repeats
+
+
+def summarise(study: Study, teacher: dict, records: List[dict], out: str, results_root: Optional[str] = None) -> dict:
+    """Write summary.json, summary.md, curves.png and forest.png from the raw run records;
+    `results_root` holds the studies whose runs rows repeat (default: the folder above `out`)."""
     reference = study.reference
     by_row = {row: {r['seed']: r for r in records if r['row'] == row} for row in study.rows}
     by_row = {row: runs for row, runs in by_row.items() if runs}
@@ -141,6 +168,8 @@ def summarise(study: Study, teacher: dict, records: List[dict], out: str) -> dic
         'rows': rows,
         'flow_vs_accuracy_pearson_over_rows': stats.pearson([rows[r]['flow_cka'] for r in flow_rows],
                                                             [rows[r]['top1']['mean'] for r in flow_rows])}
+    if study.repeats:  # as the step cost: only studies that declare repeats have the key
+        summary['repeats'] = repeated_runs(study, by_row, results_root or os.path.dirname(os.path.abspath(out)))
     if cost is not None:  # studies without a timing pass keep their summaries as they were
         summary['step_cost'] = {k: cost[k] for k in ('reference', 'machine', 'device', 'batch_size', 'repeats')}
     write_json_atomic(summary, os.path.join(out, 'summary.json'))

@@ -47,7 +47,7 @@ def test_every_committed_summary_is_reproduced_byte_for_byte(name, tmp_path):
         teacher = json.load(f)
     if os.path.exists(os.path.join(folder, COST_FILE)):  # a timing pass: the summary shows its ratios
         shutil.copy(os.path.join(folder, COST_FILE), tmp_path / COST_FILE)
-    summarise(load_study(name), teacher, load_runs(folder), str(tmp_path))
+    summarise(load_study(name), teacher, load_runs(folder), str(tmp_path), results_root=RESULTS)
     for file in ('summary.json', 'summary.md'):
         assert filecmp.cmp(os.path.join(folder, file), tmp_path / file, shallow=False), f'{name}/{file} changed'
 
@@ -153,6 +153,14 @@ BAD_STUDIES = {  # what is wrong -> (the file's text, the key named, a piece of 
                                   'headline', "'beta_20' is not a row; name one of kd, ckagroup, random_groups"),
     'a reference that is no row': (_edit(tiny_study_text(), 'reference = "kd"', 'reference = "KD"'), 'reference',
                                    "'KD' is not a row"),
+    'a repeat without its study': (tiny_study_text() + '\n[repeats]\nkd = "kd"\n', 'repeats.kd',
+                                   'is not "<study>/<row>"'),
+    'a repeat of no shipped study': (tiny_study_text() + '\n[repeats]\nkd = "resnet56/kd"\n', 'repeats.kd',
+                                     "'resnet56' is no shipped study"),
+    'a repeat of no row': (tiny_study_text() + '\n[repeats]\nkd = "resnet56_resnet8/KD"\n', 'repeats.kd',
+                           "resnet56_resnet8 has no row 'KD'; name one of kd, ckagroup"),
+    'a repeat by no row': (tiny_study_text() + '\n[repeats]\nfitnet = "resnet56_resnet8/kd"\n', 'repeats.fitnet',
+                           "'fitnet' is not a row"),
 }
 
 
@@ -521,6 +529,33 @@ def test_summary_from_raw_runs_by_hand(tmp_path):
     assert 'Curves and flow CKA: test images' in table  # the older studies evaluated each epoch on test images
     assert json.load(open(tmp_path / 'summary.json'))['rows']['kd']['seeds'] == [0, 1, 2]
     assert (tmp_path / 'curves.png').stat().st_size > 0 and (tmp_path / 'forest.png').stat().st_size > 0
+
+
+def test_a_repeating_row_sits_beside_the_earlier_runs_of_its_seeds(tmp_path):
+    """[repeats]: per seed that both ran, the two top-1s, their difference and each run's setting."""
+    study = load_study(_write(tmp_path, 'again', tiny_study_text(seeds='[0, 1, 2]') +
+                              '\n[repeats]\nckagroup = "resnet56_resnet8/ckagroup"\n'))
+    earlier = tmp_path / 'results' / 'resnet56_resnet8' / 'runs'
+    earlier.mkdir(parents=True)
+    old = {'row': 'ckagroup', 'argv': ['--amp'], 'torch_cpu_capability': 'AVX512'}  # before CPU models were recorded
+    for seed, top1 in ((0, 70.0), (1, 71.5), (3, 60.0)):
+        (earlier / f'ckagroup_seed{seed}.json').write_text(json.dumps(dict(old, seed=seed, test_top1_full=top1)))
+    new = {'argv': ['--channels_last'], 'cpu_model': 'AMD EPYC', 'torch_cpu_capability': 'AVX2',
+           'cka_code_hash': 'abcdef0123456789'}
+    records = [dict(_fake_run(row, seed, top1, [top1]), **new) for row, seed, top1 in
+               (('kd', 0, 69.0), ('kd', 1, 70.0), ('kd', 2, 70.0), ('ckagroup', 0, 70.75), ('ckagroup', 1, 71.0),
+                ('ckagroup', 2, 72.0))]
+    out = tmp_path / 'results' / 'again'
+    out.mkdir()
+    summary = summarise(study, TEACHER, records, str(out))
+    this, then = 'AMD EPYC, AVX2, float32, CKA code abcdef012345', 'CPU model not recorded, AVX512, bf16 --amp, ' \
+                                                                   'CKA code not recorded'
+    assert summary['repeats'] == {'ckagroup': {'of': 'resnet56_resnet8/ckagroup', 'seeds': {  # seed 2: not run then
+        '0': {'top1': 70.75, 'earlier_top1': 70.0, 'difference': 0.75, 'setting': this, 'earlier_setting': then},
+        '1': {'top1': 71.0, 'earlier_top1': 71.5, 'difference': -0.5, 'setting': this, 'earlier_setting': then}}}}
+    table = (out / 'summary.md').read_text()
+    assert f'| ckagroup | resnet56_resnet8/ckagroup | 1 | 71.00 | 71.50 | -0.50 | {this} | {then} |' in table
+    assert 'repeats' not in summarise(with_budget(study, repeats={}), TEACHER, records, str(out))
 
 
 def test_verdicts_need_a_holm_adjusted_p_below_005(tmp_path):
