@@ -18,14 +18,8 @@
 # Without a CUDA GPU it says so in one line and exits 0 (nothing is written).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
-elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
-else PY=python3; fi
-
-if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-    echo "gpu_check: no CUDA GPU visible to $PY (torch.cuda.is_available() is False); nothing to check"
-    exit 0
-fi
+source scripts/gpu_stages.sh
+require_gpu gpu_check
 
 OUT=${1:-gpu_check_results}
 mkdir -p "$OUT"
@@ -34,18 +28,6 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 STAGES="$OUT/stages.tsv"
 : > "$STAGES"
-
-# stage NAME LIMIT_S CMD...: run with a time limit, log to OUT/NAME.log, record status and seconds
-stage() {
-    local name=$1 limit=$2; shift 2
-    local start=$SECONDS
-    echo "== $name (limit ${limit} s)"
-    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
-    local rc=$?
-    printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" >> "$STAGES"
-    tail -n 5 "$OUT/$name.log"
-    echo "   -> exit $rc in $((SECONDS - start)) s"
-}
 
 stage cuda_tests 50 "$PY" -m pytest -q -p no:cacheprovider tests/test_fast_training.py \
     tests/test_classic_distillers.py -k "cuda" -rs
@@ -69,7 +51,4 @@ stage end_to_end 20 bash -c '
 ' "$WORK" "$PY" "${E2E[@]}"
 
 "$PY" scripts/gpu_check_report.py "$OUT"
-if awk -F'\t' '$2 != 0 { bad = 1 } END { exit bad ? 0 : 1 }' "$STAGES"; then
-    echo "gpu_check: some stages failed (see $STAGES and the logs beside it)"
-    exit 1
-fi
+stages_verdict gpu_check

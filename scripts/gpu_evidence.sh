@@ -18,14 +18,8 @@
 # Without a CUDA GPU it says so in one line and exits 0 (nothing is written).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
-elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
-else PY=python3; fi
-
-if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-    echo "gpu_evidence: no CUDA GPU visible to $PY (torch.cuda.is_available() is False); nothing to run"
-    exit 0
-fi
+source scripts/gpu_stages.sh
+require_gpu gpu_evidence
 if [ $# -lt 1 ]; then
     echo "gpu_evidence: give the output folder: bash scripts/gpu_evidence.sh OUT_DIR [CIFAR10_PACKS]" >&2
     exit 2
@@ -44,19 +38,6 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$OUT/machine
 "$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__,
 "cpu capability", torch.backends.cpu.get_cpu_capability())' >> "$OUT/machine.txt" 2>&1
 
-# stage NAME LIMIT_S CMD...: run with a time limit, log to OUT/NAME.log, record status and seconds
-stage() {
-    local name=$1 limit=$2; shift 2
-    local start=$SECONDS
-    echo "== $name (limit ${limit} s)"
-    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
-    local rc=$?
-    printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" >> "$STAGES"
-    tail -n 5 "$OUT/$name.log"
-    echo "   -> exit $rc in $((SECONDS - start)) s"
-    return $rc
-}
-
 stage data 60 "$PY" scripts/prepare_cifar10_jpeg.py "$PACKS" ./data
 stage cost 200 "$PY" scripts/evidence.py cost resnet56_resnet8_family --device cuda --results "$OUT/cuda"
 
@@ -72,7 +53,4 @@ else
     cp -r --parents "$TEACHER_DIR" "$OUT"/ 2>/dev/null
 fi
 
-if awk -F'\t' '$2 != 0 { bad = 1 } END { exit bad ? 0 : 1 }' "$STAGES"; then
-    echo "gpu_evidence: some stages failed (see $STAGES and the logs beside it)"
-    exit 1
-fi
+stages_verdict gpu_evidence

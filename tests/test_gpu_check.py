@@ -1,5 +1,5 @@
-"""scripts/gpu_check.sh: its no-GPU branch, and its report built from what the benchmarks write;
-scripts/gpu_evidence.sh: its no-GPU branch."""
+"""scripts/gpu_check.sh and scripts/gpu_evidence.sh: their no-GPU branch, their timed stages
+(scripts/gpu_stages.sh), and gpu_check's report built from what the benchmarks write."""
 import json
 import os
 import subprocess
@@ -10,15 +10,29 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_without_gpu_one_line_and_exit_0(tmp_path):
+@pytest.mark.parametrize('script', ['gpu_check.sh', 'gpu_evidence.sh'])
+def test_without_gpu_one_line_and_exit_0(script, tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='', PYTHON=sys.executable)
     out = tmp_path / 'results'
-    done = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'gpu_check.sh'), str(out)],
+    done = subprocess.run(['bash', os.path.join(ROOT, 'scripts', script), str(out)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1 and 'no CUDA GPU' in lines[0]
     assert not out.exists()   # nothing written
+
+
+def test_stages_record_exit_status_and_time_limits_and_fail_the_command(tmp_path):
+    script = f"""cd {ROOT}; source scripts/gpu_stages.sh
+OUT={tmp_path}; STAGES={tmp_path}/stages.tsv; : > "$STAGES"
+stage fine 5 echo hello; stage broken 5 false; stage slow 1 sleep 10
+stages_verdict try"""
+    done = subprocess.run(['bash', '-c', script], capture_output=True, text=True, timeout=60)
+    rows = [line.split('\t') for line in (tmp_path / 'stages.tsv').read_text().splitlines()]
+    assert [(name, rc) for name, rc, _ in rows] == [('fine', '0'), ('broken', '1'), ('slow', '124')]
+    assert int(rows[2][2]) < 5   # cut off at its 1 s limit, not after the 10 s it asked for
+    assert (tmp_path / 'fine.log').read_text() == 'hello\n'
+    assert done.returncode == 1 and done.stdout.splitlines()[-1].startswith('try: some stages failed')
 
 
 def test_report_tables_hold_the_benchmark_figures(tmp_path):
@@ -76,13 +90,3 @@ def test_call_counter_counts_each_host_read_where_it_is_asked():
     assert counted['aten_calls'] >= 4   # add, sum, gt, max at least
     assert all(getattr(torch.Tensor, name) is method for name, method in before.items())
 
-
-def test_gpu_evidence_without_gpu_one_line_and_exit_0(tmp_path):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', PYTHON=sys.executable)
-    out = tmp_path / 'results'
-    done = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'gpu_evidence.sh'), str(out)],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.strip().splitlines()
-    assert len(lines) == 1 and 'no CUDA GPU' in lines[0]
-    assert not out.exists()
