@@ -8,18 +8,18 @@
     python scripts/evidence.py cost resnet56_resnet8_family                  # each row's step / kd's
 
 A study is a TOML file: the shipped ones are experiments/studies/<name>.toml, named by <name>; any
-other is given by its path and named by its file's stem. `run` trains the study's teacher, then every
-(row, seed) student with the same seeds for every row, writing each finished run's raw JSON to
+other is given by its path and named by its file's stem. `run` trains the study's teacher, then
+every (row, seed) student with the same seeds for every row, writing each finished run's raw JSON to
 <results>/<study>/runs/ as it finishes, and the summary (summary.json, summary.md, curves.png,
 forest.png) at the end. Run it again after an interruption: finished runs are skipped, an
 interrupted one resumes from its last checkpoint. Budget overrides (--epochs, --teacher_epochs,
 seeds beyond the declared ones, ...) are for smoke tests and need a --results folder outside
 docs/results. `--seeds` with some of the declared seeds splits a study over processes: start the
 second once teacher.json is written, give each other seeds; each summary covers every finished run
-on disk. `--teacher_only` trains (or reuses) the teacher and stops. Arguments after `--` go to every student run. `cost` times each row's training step
-interleaved with the reference row's on this machine (experiments/step_cost.py) and writes
-<results>/<study>/cost.json, which the summary then shows as a ratio to the reference; run it on a
-quiet machine, in one session, for every row at once.
+on disk. `--teacher_only` trains (or reuses) the teacher and stops. Arguments after `--` go to every
+student run. `cost` times each row's training step interleaved with the reference row's on this
+machine (experiments/step_cost.py) and writes <results>/<study>/cost.json, which the summary then
+shows as a ratio to the reference; run it on a quiet machine, in one session, for every row at once.
 """
 import argparse
 import json

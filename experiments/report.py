@@ -61,7 +61,8 @@ def ranked(summary: dict, reference: str) -> str:
     interval, the Holm-adjusted p, the verdict and (where timed) the step cost."""
     cost = summary.get('step_cost')
     lines = ['Ranked by mean top-1:', '',
-             f'| rank | row | seeds | top-1 | vs {reference} | Holm p | verdict |' + (f' step / {reference} |' if cost else ''),
+             f'| rank | row | seeds | top-1 | vs {reference} | Holm p | verdict |'
+             + (f' step / {reference} |' if cost else ''),
              '|---|---|---|---|---|---|---|' + ('---|' if cost else '')]
     order = sorted(summary['rows'].items(), key=lambda item: -(item[1]['top1']['mean'] or float('-inf')))
     for rank, (row, r) in enumerate(order, 1):

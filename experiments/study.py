@@ -4,9 +4,10 @@ The file (`experiments/studies/<name>.toml`, or any path) holds the teacher's re
 what every student run shares (`[student]`), the rows (`[rows]`: each a list of train_student.py
 arguments, the row's objective), the seeds, the reference row every paired test is taken against,
 the CKA row, optionally the headline row, and optionally `[repeats]`: rows that run an earlier
-study's row again on its seeds under this protocol (`kd = "resnet56_resnet8/kd"`). The study's name is the file's stem; it names the
-results folder. `load_study` reads the file with tomllib and refuses, in one line naming the file,
-the key and the fix, anything the runner could not train as declared, before anything trains.
+study's row again on its seeds under this protocol (`kd = "resnet56_resnet8/kd"`). The study's name
+is the file's stem; it names the results folder. `load_study` reads the file with tomllib and
+refuses, in one line naming the file, the key and the fix, anything the runner could not train as
+declared, before anything trains.
 
 `Study.teacher_argv` and `Study.student_argv` are the arguments each run trains with; they enter
 the runs' fingerprints, so a study with results keeps them exactly.
