@@ -308,13 +308,10 @@ def _check_extra_flags(parser, argv: Sequence[str], reserved: set, source: str, 
 def check_study(study: Study) -> None:
     """Refuse a study the runner cannot train or measure as declared, before anything trains."""
     source = study.source
-    for key in ('reference', 'cka_row', 'headline'):
-        row = getattr(study, key)
+    named = [(key, getattr(study, key)) for key in ('reference', 'cka_row', 'headline')]
+    for key, row in named + [(f'repeats.{row}', row) for row in study.repeats]:
         if row is not None and row not in study.rows:
             raise study_error(source, key, f'{row!r} is not a row; name one of {", ".join(study.rows)}')
-    for row in study.repeats:
-        if row not in study.rows:
-            raise study_error(source, f'repeats.{row}', f'{row!r} is not a row; name one of {", ".join(study.rows)}')
     if not study.seeds or len(set(study.seeds)) != len(study.seeds):
         raise study_error(source, 'seeds', f'{list(study.seeds)}: give distinct seeds, at least one')
 

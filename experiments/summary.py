@@ -120,10 +120,12 @@ def run_setting(record: dict) -> str:
 def repeated_runs(study: Study, by_row: dict, results_root: str) -> dict:
     """For each row that repeats an earlier study's row: per seed run in both, the two top-1s,
     their difference (this run minus the earlier) and each run's setting (`run_setting`)."""
-    repeats = {}
+    repeats, earlier_records = {}, {}  # earlier study -> its raw records, read once
     for row, earlier in study.repeats.items():
         name, earlier_row = earlier.split('/')
-        runs = {r['seed']: r for r in load_runs(os.path.join(results_root, name)) if r['row'] == earlier_row}
+        if name not in earlier_records:
+            earlier_records[name] = load_runs(os.path.join(results_root, name))
+        runs = {r['seed']: r for r in earlier_records[name] if r['row'] == earlier_row}
         repeats[row] = {'of': earlier, 'seeds': {
             str(seed): {'top1': run['test_top1_full'], 'earlier_top1': runs[seed]['test_top1_full'],
                         'difference': run['test_top1_full'] - runs[seed]['test_top1_full'],
