@@ -160,7 +160,7 @@ def merged_costs(earlier: dict, new: dict, study: Study, path: str) -> dict:
     """`new` rows timed into an earlier pass of the same study on the same machine (rows no longer
     in the study dropped); a pass on another machine or with other settings is refused: its
     ratios would not compare."""
-    keys = ('reference', 'machine', 'device', 'batch_size', 'train_images', 'repeats', 'warmup')
+    keys = ('reference', 'order', 'machine', 'device', 'batch_size', 'train_images', 'repeats', 'warmup')
     differ = [k for k in keys if earlier.get(k) != new[k]]
     if differ:
         raise ConfigError(f'{path} was timed with another {differ[0]} ({earlier.get(differ[0])!r}, now '

@@ -9,10 +9,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def learning_curves(curves: Dict[str, Sequence[Sequence[float]]], title: str) -> plt.Figure:
-    """One line per row: the mean over seeds of the per-epoch test top-1, with a band from the
-    lowest to the highest seed (rows with one seed get no band). Curves are cut to the shortest
-    seed of their row."""
+def learning_curves(curves: Dict[str, Sequence[Sequence[float]]], title: str, ylabel: str) -> plt.Figure:
+    """One line per row: the mean over seeds of the per-epoch top-1 (on the images `ylabel` names),
+    with a band from the lowest to the highest seed (rows with one seed get no band). Curves are
+    cut to the shortest seed of their row."""
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for row, seeds in curves.items():
         length = min(len(c) for c in seeds)
@@ -22,7 +22,7 @@ def learning_curves(curves: Dict[str, Sequence[Sequence[float]]], title: str) ->
         if len(seeds) > 1:
             axes.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2)
     axes.set_xlabel('epoch')
-    axes.set_ylabel('test top-1 (%), held-out subset')
+    axes.set_ylabel(ylabel)
     axes.set_title(f'{title}: mean over seeds, band = min..max')
     axes.legend(loc='lower right', fontsize=8)
     axes.grid(alpha=0.3)

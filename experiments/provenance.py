@@ -10,6 +10,7 @@ from typing import List, Sequence
 import torch
 
 from helper.run_folder import OPTIONS_FILE
+from helper.setup import select_device
 
 
 def fingerprint(argv: Sequence[str]) -> str:
@@ -76,18 +77,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or 'unknown'
 
 
-def training_environment() -> dict:
-    """What a run trained on (train_*.py's --device auto: the GPU's name, else 'cpu'), with the CPU
-    threads it had (runs train in this process), the CPU model and its capability in torch: the
-    rates, and in bf16 the rounding, depend on them."""
-    device = f'cuda ({torch.cuda.get_device_name(0)})' if torch.cuda.is_available() else 'cpu'
-    return {'device': device, 'cpu_threads': torch.get_num_threads(), 'cpu_model': cpu_model(),
-            'torch_cpu_capability': torch.backends.cpu.get_cpu_capability()}
-
-
-def learning_rates(run_dir: str) -> dict:
-    """The learning rate asked for and the one that trained (the MobileNet/ShuffleNet rule replaces
-    it with 0.01), from the run's options.json."""
+def run_environment(run_dir: str) -> dict:
+    """What a finished run trained with, from its options.json and this process: the learning rate
+    asked for and the one that trained (the MobileNet/ShuffleNet rule replaces it with 0.01); the
+    device its --device resolved to (the GPU's name, else 'cpu'), the CPU threads it had (runs train
+    in this process), the CPU model and its capability in torch: the rates, and in bf16 the
+    rounding, depend on them."""
     options = read_json(os.path.join(run_dir, OPTIONS_FILE))
+    device = select_device(options['device'])
     return {'learning_rate_requested': options['requested_learning_rate'],
-            'learning_rate_effective': options['learning_rate']}
+            'learning_rate_effective': options['learning_rate'],
+            'device': f'cuda ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else 'cpu',
+            'cpu_threads': torch.get_num_threads(), 'cpu_model': cpu_model(),
+            'torch_cpu_capability': torch.backends.cpu.get_cpu_capability()}

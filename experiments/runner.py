@@ -17,8 +17,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from experiments.evaluation import evaluate_checkpoint
-from experiments.provenance import CKA_CODE_HASH, file_digest, fingerprint, learning_rates, read_json, \
-    training_environment
+from experiments.provenance import CKA_CODE_HASH, file_digest, fingerprint, read_json, run_environment
 from experiments.study import Study, check_study, student_local_flags, study_error, teacher_local_flags
 from experiments.summary import load_runs, plateau, summarise
 from helper.options import parse_student_options
@@ -107,7 +106,7 @@ class StudyRunner:
                   # reopens a run that had finished before teacher.json was written)
                   'seconds': torch.load(checkpoint, map_location='cpu', weights_only=True)['total_time_s'],
                   'images_per_s': statistics.fmean(h['train/images_per_s'] for h in history),
-                  **learning_rates(run_dir), **training_environment()}
+                  **run_environment(run_dir)}
         write_json_atomic(record, record_path)
         return record
 
@@ -215,7 +214,7 @@ class StudyRunner:
                 'monitor_group_mean': history[-1].get('monitor/group_mean'),
                 'seconds': seconds, 'epoch_seconds': statistics.fmean(h['time'] for h in history),
                 'images_per_s': statistics.fmean(h['train/images_per_s'] for h in history),
-                'cka_code_hash': CKA_CODE_HASH, **learning_rates(run_dir), **training_environment()}
+                'cka_code_hash': CKA_CODE_HASH, **run_environment(run_dir)}
 
     def run(self, rows: Optional[Sequence[str]] = None) -> dict:
         """Every run of the study (or of `rows`) not finished yet, then the summary of every finished

@@ -7,6 +7,9 @@ import statistics
 from typing import Dict, Optional, Sequence
 
 
+SAME_DIFFERENCE = 1e-9  # relative: paired differences closer than this are one value
+
+
 def t_two_sided_mass(t: float, df: int) -> float:
     """P(|T| < t) for Student's T with integer ``df`` >= 1 degrees of freedom (A&S 26.7.3/4)."""
     if isinstance(df, bool) or int(df) != df or df < 1:
@@ -84,7 +87,9 @@ def paired_difference(row: Dict[int, float], baseline: Dict[int, float], confide
     ``row`` / ``baseline``: seed -> value. Pairing removes what the seeds share (init, data order,
     augmentation). Returns {'n', 'seeds', 'mean', 'std', 'half_width', 'low', 'high', 'confidence',
     'p', 'ahead'}: 'p' is the two-sided paired t-test p-value of a zero mean difference, 'ahead' the
-    number of seeds where the row is higher; the interval and p are None below two paired seeds.
+    number of seeds where the row is higher; the interval and p are None below two paired seeds and
+    when every seed gives the same difference (top-1s move in steps of one test image, so two seeds
+    can tie exactly: no spread to test against, rather than a certain effect).
     """
     seeds = sorted(set(row) & set(baseline))
     diffs = [float(row[s]) - float(baseline[s]) for s in seeds]
@@ -94,13 +99,14 @@ def paired_difference(row: Dict[int, float], baseline: Dict[int, float], confide
         return out
     out['mean'] = statistics.fmean(diffs)
     if len(diffs) > 1:
-        out['std'] = statistics.stdev(diffs)
-        se = out['std'] / math.sqrt(len(diffs))
-        out['half_width'] = t_quantile_two_sided(confidence, len(diffs) - 1) * se
-        out['low'], out['high'] = out['mean'] - out['half_width'], out['mean'] + out['half_width']
-        # identical differences: no spread, so a nonzero mean is certain and a zero one no evidence
-        t = out['mean'] / se if se > 0 else (math.inf if out['mean'] != 0 else 0.0)
-        out['p'] = t_two_sided_p(t, len(diffs) - 1)
+        # equal differences read from rounded top-1s differ by float noise only: no spread
+        spread = max(diffs) - min(diffs) > SAME_DIFFERENCE * max(1.0, max(abs(d) for d in diffs))
+        out['std'] = statistics.stdev(diffs) if spread else 0.0
+        if spread:
+            se = out['std'] / math.sqrt(len(diffs))
+            out['half_width'] = t_quantile_two_sided(confidence, len(diffs) - 1) * se
+            out['low'], out['high'] = out['mean'] - out['half_width'], out['mean'] + out['half_width']
+            out['p'] = t_two_sided_p(out['mean'] / se, len(diffs) - 1)
     return out
 
 

@@ -85,14 +85,19 @@ def build_step(argv: Sequence[str], teacher: torch.nn.Module, student_name: str,
     return step
 
 
+STEP_ORDER = 'alternating'  # cost.json's 'order': which step of a turn goes first
+
+
 def interleaved(steps: Dict[str, Callable[[], None]], repeats: int, warmup: int) -> Dict[str, List[float]]:
-    """Seconds of each step, the steps taken in turn `repeats` times after `warmup` untimed turns."""
+    """Seconds of each step, the steps taken in turn `repeats` times after `warmup` untimed turns;
+    the order reverses every turn, so that what a step leaves behind (caches, allocator, clock)
+    weighs on each step alike."""
     for step in steps.values():
         for _ in range(warmup):
             step()
     times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
+    for turn in range(repeats):
+        for name, step in (list(steps.items()) if turn % 2 == 0 else reversed(list(steps.items()))):
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
@@ -121,7 +126,7 @@ def row_step_costs(study: Study, rows: Optional[Sequence[str]] = None, *, device
         return build_step(study.student_argv(row, seed=0), teacher, study.student.model, study.teacher.model,
                           train_set=train_set, index=index, num_classes=num_classes, device=device)
 
-    out = {'study': study.name, 'reference': reference, 'device': str(device),
+    out = {'study': study.name, 'reference': reference, 'order': STEP_ORDER, 'device': str(device),
            'machine': machine(device), 'batch_size': study.student.batch_size,
            'train_images': len(train_set), 'repeats': repeats, 'warmup': warmup, 'rows': {}}
     for row in [r for r in rows or study.rows if r != reference]:

@@ -14,6 +14,7 @@ from experiments.report import markdown
 from experiments.study import Study
 from helper.options import decay_epochs
 from helper.run_folder import write_json_atomic
+from runtime.errors import ConfigError
 
 ALPHA = 0.05  # family-wise error rate of each table's tests against its reference
 COST_FILE = 'cost.json'  # `scripts/evidence.py cost`: each row's training step against the reference's
@@ -80,6 +81,13 @@ def curves_and_flow_images(study: Study) -> str:
     return 'the full test set'
 
 
+def curve_axis_label(study: Study) -> str:
+    """The learning-curve figure's y axis: which images the per-epoch top-1 was measured on."""
+    if study.student.val_split_per_class:
+        return 'top-1 (%) on held-out training images'
+    return 'top-1 (%) on test images (subset)' if study.student.val_per_class else 'test top-1 (%)'
+
+
 def load_runs(folder: str) -> List[dict]:
     """The raw records under <folder>/runs, in file-name order."""
     runs = os.path.join(folder, 'runs')
@@ -109,17 +117,50 @@ def _row_summary(study: Study, row: str, runs: dict, accuracy: dict, cka_groups:
 def run_setting(record: dict) -> str:
     """What a raw record says about where and how it trained: CPU model (or GPU), capability,
     precision, and the CKA-term code version."""
-    device = record.get('device', 'cpu')
-    where = device if device != 'cpu' else record.get('cpu_model', 'CPU model not recorded')
+    device = record.get('device')
+    if device is None:  # records before devices were recorded
+        where = 'device not recorded'
+    else:
+        where = device if device != 'cpu' else record.get('cpu_model', 'CPU model not recorded')
     precision = 'bf16 --amp' if '--amp' in record['argv'] else 'float32'
     code = record.get('cka_code_hash')
     return (f'{where}, {record.get("torch_cpu_capability", "capability not recorded")}, {precision}, '
             f'CKA code {code[:12] if code else "not recorded"}')
 
 
+def options_of(argv: Sequence[str]) -> dict:
+    """A training command line as flag -> value (True for a switch)."""
+    options, flag = {}, None
+    for token in argv:
+        if token.startswith('-') and not _is_number(token):
+            flag = token
+            options[flag] = True
+        elif flag is not None:
+            options[flag] = token if options[flag] is True else f'{options[flag]} {token}'
+    return options
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def argument_differences(argv: Sequence[str], earlier_argv: Sequence[str]) -> List[str]:
+    """The flags two runs of one seed trained with differently, as 'flag: earlier -> this' ('absent'
+    where a run lacks the flag); the run's name (--trial) aside."""
+    this, then = options_of(argv), options_of(earlier_argv)
+    words = lambda value: 'absent' if value is None else 'on' if value is True else value  # noqa: E731
+    return [f'{flag}: {words(then.get(flag))} -> {words(this.get(flag))}'
+            for flag in sorted(set(this) | set(then)) if flag != '--trial' and this.get(flag) != then.get(flag)]
+
+
 def repeated_runs(study: Study, by_row: dict, results_root: str) -> dict:
     """For each row that repeats an earlier study's row: per seed run in both, the two top-1s,
-    their difference (this run minus the earlier) and each run's setting (`run_setting`)."""
+    their difference (this run minus the earlier), each run's setting (`run_setting`) and the flags
+    they trained with differently."""
     repeats, earlier_records = {}, {}  # earlier study -> its raw records, read once
     for row, earlier in study.repeats.items():
         name, earlier_row = earlier.split('/')
@@ -129,7 +170,8 @@ def repeated_runs(study: Study, by_row: dict, results_root: str) -> dict:
         repeats[row] = {'of': earlier, 'seeds': {
             str(seed): {'top1': run['test_top1_full'], 'earlier_top1': runs[seed]['test_top1_full'],
                         'difference': run['test_top1_full'] - runs[seed]['test_top1_full'],
-                        'setting': run_setting(run), 'earlier_setting': run_setting(runs[seed])}
+                        'setting': run_setting(run), 'earlier_setting': run_setting(runs[seed]),
+                        'argument_differences': argument_differences(run['argv'], runs[seed]['argv'])}
             for seed, run in sorted(by_row.get(row, {}).items()) if seed in runs}}
     return repeats
 
@@ -155,8 +197,14 @@ def summarise(study: Study, teacher: dict, records: List[dict], out: str, result
     cost_file = os.path.join(out, COST_FILE)
     cost = read_json(cost_file) if os.path.exists(cost_file) else None
     if cost is not None:
+        if cost['reference'] != reference:
+            raise ConfigError(f'{cost_file} holds steps timed against {cost["reference"]!r}, not the study\'s reference '
+                              f'{reference!r}; time them again with `scripts/evidence.py cost {study.name}`')
         for row, r in rows.items():
-            r['step_cost'] = 1.0 if row == reference else cost['rows'].get(row, {}).get('ratio')
+            timed = cost['rows'].get(row, {})
+            r['step_cost'] = 1.0 if row == reference else timed.get('ratio')
+            if 'runs' in timed:  # the spread of the median: each timing run's ratio
+                r['step_cost_runs'] = [run['ratio'] for run in timed['runs']]
     summary = {'comparison': study.name, 'notes': study.notes, 'teacher': dict(
         {k: teacher[k] for k in ('model', 'epochs', 'train_images', 'test_top1_full', 'plateau_gain', 'seconds')},
         final_slope=final_slope(teacher['curve']) if 'curve' in teacher else None,
@@ -170,15 +218,20 @@ def summarise(study: Study, teacher: dict, records: List[dict], out: str, result
         'rows': rows,
         'flow_vs_accuracy_pearson_over_rows': stats.pearson([rows[r]['flow_cka'] for r in flow_rows],
                                                             [rows[r]['top1']['mean'] for r in flow_rows])}
+    if len({tuple(r['seeds']) for r in rows.values()}) > 1:  # a study under way: rank on shared seeds
+        summary['ranked_on_seeds'] = sorted(set.intersection(*(set(r['seeds']) for r in rows.values())))
+        for row, r in rows.items():
+            r['top1_on_ranked_seeds'] = stats.mean_std([accuracy[row][s] for s in summary['ranked_on_seeds']])
     if study.repeats:  # as the step cost: only studies that declare repeats have the key
         summary['repeats'] = repeated_runs(study, by_row, results_root or os.path.dirname(os.path.abspath(out)))
     if cost is not None:  # studies without a timing pass keep their summaries as they were
-        summary['step_cost'] = {k: cost[k] for k in ('reference', 'machine', 'device', 'batch_size', 'repeats')}
+        summary['step_cost'] = dict({k: cost[k] for k in ('reference', 'machine', 'device', 'batch_size', 'repeats')},
+                                    order=cost.get('order', 'reference first'))  # passes before the order alternated
     write_json_atomic(summary, os.path.join(out, 'summary.json'))
     with open(os.path.join(out, 'summary.md'), 'w') as f:
         f.write(markdown(study, summary))
     figure = figures.learning_curves({row: [runs[s]['curve'] for s in sorted(runs)] for row, runs in by_row.items()},
-                                     study.name)
+                                     study.name, curve_axis_label(study))
     figures.save(figure, os.path.join(out, 'curves.png'))
     figure = figures.forest_plot({row: rows[row]['vs'][reference] for row in rows if reference in rows[row]['vs']},
                                  reference, study.name)

@@ -338,6 +338,17 @@ def _hand_cka_code_hash() -> str:
     return sha.hexdigest()
 
 
+@pytest.mark.parametrize('asked, recorded', [('auto', 'cuda (Fake GPU)'), ('cpu', 'cpu'), ('cuda:0', 'cuda (Fake GPU)')])
+def test_a_record_names_the_device_the_run_asked_for_not_merely_one_that_exists(tmp_path, monkeypatch, asked, recorded):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # a GPU present, also for --device cpu runs
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Fake GPU')
+    (tmp_path / 'options.json').write_text(json.dumps({'device': asked, 'requested_learning_rate': 0.05,
+                                                       'learning_rate': 0.01}))
+    environment = provenance.run_environment(str(tmp_path))
+    assert environment['device'] == recorded
+    assert (environment['learning_rate_requested'], environment['learning_rate_effective']) == (0.05, 0.01)
+
+
 def test_every_method_runs_on_held_out_curves_and_is_evaluated_as_deployed(tmp_path):
     results, work = str(tmp_path / 'results'), str(tmp_path / 'work')
     study = load_study(_write(tmp_path, 'tiny_family', tiny_study_text(seeds='[0]', validation='val_split_per_class = 4',
@@ -529,8 +540,39 @@ def test_summary_from_raw_runs_by_hand(tmp_path):
     assert 'Low data: the student trains on 500 images per class' in table
     assert '| ckagroup | 3 | 61.50 ± 0.87 | +0.50 [-0.74, +1.74] (n=3) | 0.225 | 0.819 | 2/3 | no difference found |' in table
     assert 'Curves and flow CKA: test images' in table  # the older studies evaluated each epoch on test images
+    assert 'its per-epoch curve on the first 200 test images per class' in table  # the teacher's, as declared
+    assert 'rank' in table and 'Ranked by mean top-1 over seeds 0, 1, which every row has' in table
     assert json.load(open(tmp_path / 'summary.json'))['rows']['kd']['seeds'] == [0, 1, 2]
     assert (tmp_path / 'curves.png').stat().st_size > 0 and (tmp_path / 'forest.png').stat().st_size > 0
+
+
+def test_while_rows_have_different_seeds_the_ranking_uses_the_seeds_every_row_has(tmp_path):
+    study = with_budget(load_study('resnet56_resnet8'), seeds=(0, 1, 2))
+    # kd's seed 2 is low: over its own seeds kd (66.0) would rank below 'ckagroup' (67.0), which is
+    # behind kd on both seeds the two share
+    accuracy = {'kd': {0: 70.0, 1: 68.0, 2: 60.0}, 'ckagroup': {0: 68.0, 1: 66.0}}
+    records = [_fake_run(row, s, v, [v]) for row, vs in accuracy.items() for s, v in vs.items()]
+    summary = summarise(study, TEACHER, records, str(tmp_path))
+    assert summary['ranked_on_seeds'] == [0, 1]
+    assert summary['rows']['kd']['top1_on_ranked_seeds']['mean'] == 69.0
+    assert summary['rows']['kd']['top1']['mean'] == 66.0  # the main table keeps each row's own seeds
+    table = ranked(summary, 'kd').splitlines()
+    assert table[4].startswith('| 1 | kd | 3 | 69.00 ± 1.41 |') and table[5].startswith('| 2 | ckagroup | 2 | 67.00 ± 1.41 |')
+    # every row at the same seeds: ranked on them, no note
+    complete = [r for r in records if r['seed'] != 2]
+    summary = summarise(study, TEACHER, complete, str(tmp_path))
+    assert 'ranked_on_seeds' not in summary and ranked(summary, 'kd').startswith('Ranked by mean top-1:\n')
+    # no seed shared by every row: each row's own seeds, said so
+    apart = [_fake_run('kd', 0, 70.0, [70.0]), _fake_run('ckagroup', 1, 71.0, [71.0])]
+    summary = summarise(study, TEACHER, apart, str(tmp_path))
+    assert summary['ranked_on_seeds'] == [] and 'no seed is common to every row' in ranked(summary, 'kd')
+
+
+def test_a_summary_refuses_step_costs_timed_against_another_reference(tmp_path):
+    study = with_budget(load_study('resnet56_resnet8'), seeds=(0,))
+    (tmp_path / 'cost.json').write_text(json.dumps({'reference': 'ckagroup', 'rows': {'kd': {'ratio': 0.7}}}))
+    with pytest.raises(ConfigError, match=r"steps timed against 'ckagroup', not the study's reference 'kd'; time them"):
+        summarise(study, TEACHER, [_fake_run('kd', 0, 70.0, [70.0])], str(tmp_path))
 
 
 def test_a_repeating_row_sits_beside_the_earlier_runs_of_its_seeds(tmp_path):
@@ -539,24 +581,30 @@ def test_a_repeating_row_sits_beside_the_earlier_runs_of_its_seeds(tmp_path):
                               '\n[repeats]\nckagroup = "resnet56_resnet8/ckagroup"\n'))
     earlier = tmp_path / 'results' / 'resnet56_resnet8' / 'runs'
     earlier.mkdir(parents=True)
-    old = {'row': 'ckagroup', 'argv': ['--amp'], 'torch_cpu_capability': 'AVX512'}  # before CPU models were recorded
+    old = {'row': 'ckagroup', 'argv': ['--seed', '0', '--val_per_class', '200', '--amp'],  # before devices and
+           'torch_cpu_capability': 'AVX512'}                                                  # CPU models were recorded
     for seed, top1 in ((0, 70.0), (1, 71.5), (3, 60.0)):
         (earlier / f'ckagroup_seed{seed}.json').write_text(json.dumps(dict(old, seed=seed, test_top1_full=top1)))
-    new = {'argv': ['--channels_last'], 'cpu_model': 'AMD EPYC', 'torch_cpu_capability': 'AVX2',
-           'cka_code_hash': 'abcdef0123456789'}
+    new = {'argv': ['--seed', '0', '--val_split_per_class', '200', '-b', '5'], 'device': 'cpu', 'cpu_model': 'AMD EPYC',
+           'torch_cpu_capability': 'AVX2', 'cka_code_hash': 'abcdef0123456789'}
     records = [dict(_fake_run(row, seed, top1, [top1]), **new) for row, seed, top1 in
                (('kd', 0, 69.0), ('kd', 1, 70.0), ('kd', 2, 70.0), ('ckagroup', 0, 70.75), ('ckagroup', 1, 71.0),
                 ('ckagroup', 2, 72.0))]
     out = tmp_path / 'results' / 'again'
     out.mkdir()
     summary = summarise(study, TEACHER, records, str(out))
-    this, then = 'AMD EPYC, AVX2, float32, CKA code abcdef012345', 'CPU model not recorded, AVX512, bf16 --amp, ' \
+    this, then = 'AMD EPYC, AVX2, float32, CKA code abcdef012345', 'device not recorded, AVX512, bf16 --amp, ' \
                                                                    'CKA code not recorded'
+    flags = ['--amp: on -> absent', '--val_per_class: 200 -> absent', '--val_split_per_class: absent -> 200',
+             '-b: absent -> 5']
     assert summary['repeats'] == {'ckagroup': {'of': 'resnet56_resnet8/ckagroup', 'seeds': {  # seed 2: not run then
-        '0': {'top1': 70.75, 'earlier_top1': 70.0, 'difference': 0.75, 'setting': this, 'earlier_setting': then},
-        '1': {'top1': 71.0, 'earlier_top1': 71.5, 'difference': -0.5, 'setting': this, 'earlier_setting': then}}}}
+        '0': {'top1': 70.75, 'earlier_top1': 70.0, 'difference': 0.75, 'setting': this, 'earlier_setting': then,
+              'argument_differences': flags},
+        '1': {'top1': 71.0, 'earlier_top1': 71.5, 'difference': -0.5, 'setting': this, 'earlier_setting': then,
+              'argument_differences': flags}}}}
     table = (out / 'summary.md').read_text()
-    assert f'| ckagroup | resnet56_resnet8/ckagroup | 1 | 71.00 | 71.50 | -0.50 | {this} | {then} |' in table
+    assert (f'| ckagroup | resnet56_resnet8/ckagroup | 1 | 71.00 | 71.50 | -0.50 | {this} | {then} | '
+            + '; '.join(flags) + ' |') in table
     assert 'repeats' not in summarise(with_budget(study, repeats={}), TEACHER, records, str(out))
 
 
@@ -576,12 +624,13 @@ def test_verdicts_need_a_holm_adjusted_p_below_005(tmp_path):
 
 
 def test_learning_curve_figure_has_one_line_per_row_and_bands_for_several_seeds():
-    figure = figures.learning_curves({'kd': [[1, 2, 3], [2, 3, 4]], 'ckagroup': [[1, 3, 5]]}, 'pair')
+    figure = figures.learning_curves({'kd': [[1, 2, 3], [2, 3, 4]], 'ckagroup': [[1, 3, 5]]}, 'pair',
+                                     'top-1 (%) on held-out training images')
     axes = figure.axes[0]
     assert [t.get_text() for t in axes.get_legend().get_texts()] == ['kd (n=2)', 'ckagroup (n=1)']
     assert list(axes.lines[0].get_ydata()) == [1.5, 2.5, 3.5]
     assert len(axes.collections) == 1  # the band of kd only
-    assert axes.get_xlabel() == 'epoch' and 'top-1' in axes.get_ylabel()
+    assert axes.get_xlabel() == 'epoch' and axes.get_ylabel() == 'top-1 (%) on held-out training images'
     figures.plt.close(figure)
 
 

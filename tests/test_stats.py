@@ -120,10 +120,20 @@ def test_paired_test_on_students_sleep_data():
 
 
 def test_paired_test_without_spread_or_partner():
+    # the same difference on every seed: nothing to test it against, so no p and no interval
+    # (an infinite t would make a chance tie of two seeds 'ahead' after any adjustment)
     same = stats.paired_difference({0: 2.0, 1: 3.0, 2: 4.0}, {0: 1.0, 1: 2.0, 2: 3.0})  # always +1
-    assert same['p'] == 0.0 and same['ahead'] == 3
+    assert same['mean'] == 1.0 and same['std'] == 0.0 and same['ahead'] == 3
+    assert same['p'] is None and same['low'] is None and same['half_width'] is None
+    # top-1s in steps of 0.01: 71.23 - 70.13 and 70.50 - 69.40 are both 1.10, as floats 1.1000000000000085
+    # and 1.0999999999999943
+    rounded = stats.paired_difference({0: 71.23, 1: 70.50}, {0: 70.13, 1: 69.40})
+    assert rounded['p'] is None and rounded['std'] == 0.0 and rounded['mean'] == pytest.approx(1.10)
     tied = stats.paired_difference({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
-    assert tied['p'] == 1.0 and tied['ahead'] == 0
+    assert tied['p'] is None and tied['mean'] == 0.0 and tied['ahead'] == 0
+    # one hundredth apart is a spread: tested (differences 1.10 and 1.11: t = 221 on 1 df)
+    close = stats.paired_difference({0: 71.23, 1: 70.51}, {0: 70.13, 1: 69.40})
+    assert close['p'] == pytest.approx(2 / math.pi * math.atan(1 / 221), rel=1e-3)
     assert stats.paired_difference({0: 2.0}, {0: 1.0})['p'] is None
 
 

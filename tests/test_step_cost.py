@@ -79,11 +79,11 @@ def test_a_crd_step_carries_contrast_indices_from_other_classes():
     step()  # the memory bank takes the batch's indices
 
 
-def test_interleaved_takes_every_step_in_turn():
+def test_interleaved_takes_every_step_in_turn_first_and_second_alike():
     calls = []
-    times = interleaved({'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}, repeats=3, warmup=2)
-    assert calls == ['a', 'a', 'b', 'b'] + ['a', 'b'] * 3
-    assert {k: len(v) for k, v in times.items()} == {'a': 3, 'b': 3}
+    times = interleaved({'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}, repeats=4, warmup=2)
+    assert calls == ['a', 'a', 'b', 'b'] + ['a', 'b', 'b', 'a'] * 2
+    assert {k: len(v) for k, v in times.items()} == {'a': 4, 'b': 4}
 
 
 def test_row_costs_are_ratios_of_medians_against_the_reference(study, tmp_path):
@@ -108,7 +108,10 @@ def test_row_costs_are_ratios_of_medians_against_the_reference(study, tmp_path):
     assert summary['rows']['kd']['step_cost'] == 1.0
     assert summary['rows']['crd']['step_cost'] == costs['rows']['crd']['ratio']
     table = (tmp_path / 'summary.md').read_text()
-    assert '| step / kd |' in table and f'| {costs["rows"]["crd"]["ratio"]:.2f} |' in table
+    crd = [run['ratio'] for run in costs['rows']['crd']['runs']]  # the median with the lowest and highest run
+    assert summary['rows']['crd']['step_cost_runs'] == crd
+    assert '| step / kd |' in table and f'| {statistics.median(crd):.2f} ({min(crd):.2f}-{max(crd):.2f}) |' in table
+    assert 'which goes first alternating each turn' in table
 
 
 def test_the_cost_command_refuses_an_unknown_row_in_one_line(study, capsys):
@@ -117,14 +120,17 @@ def test_the_cost_command_refuses_an_unknown_row_in_one_line(study, capsys):
 
 
 def test_rows_timed_later_join_an_earlier_pass_on_the_same_machine_only(study):
-    settings = {'reference': 'kd', 'machine': 'cpu X, 2 threads', 'device': 'cpu', 'batch_size': 8,
-                'train_images': 60, 'repeats': 15, 'warmup': 2}
+    settings = {'reference': 'kd', 'order': 'alternating', 'machine': 'cpu X, 2 threads', 'device': 'cpu',
+                'batch_size': 8, 'train_images': 60, 'repeats': 15, 'warmup': 2}
     earlier = dict(settings, rows={'ckagroup': {'ratio': 1.3}, 'crd': {'ratio': 2.4}, 'gone': {'ratio': 9.0}})
     merged = cli.merged_costs(earlier, dict(settings, rows={'crd': {'ratio': 2.5}}), study, 'cost.json')
     assert merged['rows'] == {'ckagroup': {'ratio': 1.3}, 'crd': {'ratio': 2.5}}  # 'gone' is no row of the study
     other = dict(settings, machine='cpu Y, 2 threads', rows={'crd': {'ratio': 2.5}})
     with pytest.raises(ConfigError, match=r"cost\.json was timed with another machine \('cpu X, 2 threads'"):
         cli.merged_costs(earlier, other, study, 'cost.json')
+    before_alternating = {k: v for k, v in earlier.items() if k != 'order'}  # the reference first in every turn
+    with pytest.raises(ConfigError, match=r"cost\.json was timed with another order \(None, now 'alternating'\)"):
+        cli.merged_costs(before_alternating, dict(settings, rows={}), study, 'cost.json')
 
 
 @pytest.mark.parametrize('flags, message', [
