@@ -15,7 +15,8 @@ def markdown(study: Study, summary: dict) -> str:
              if student.train_per_class else f'The student trains on the whole {study.dataset} training set',
              f'for {summary["epochs"]} epochs; top-1 on the full test set after the last epoch. Teacher: '
              f'{teacher["test_top1_full"]:.2f}% after {teacher["epochs"]} epochs on {teacher["train_images"]} images '
-             f'(its per-epoch curve on {_teacher_curve_images(study)}: last-5 minus previous-5 epoch gain {_num(teacher["plateau_gain"])}, slope over the last 5 epochs '
+             f'(its per-epoch curve on {_teacher_curve_images(study)}: last-5 minus previous-5 epoch gain '
+             f'{_num(teacher["plateau_gain"])}, slope over the last 5 epochs '
              f'{_num(teacher.get("final_slope"), 3)} points/epoch; over the 5 epochs before its first learning-rate '
              f'decay {_num(teacher.get("pre_decay_slope"), 3)}). '
              'Differences are paired over seeds, with an unadjusted 95% t-interval. Against '

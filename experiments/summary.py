@@ -152,9 +152,12 @@ def argument_differences(argv: Sequence[str], earlier_argv: Sequence[str]) -> Li
     """The flags two runs of one seed trained with differently, as 'flag: earlier -> this' ('absent'
     where a run lacks the flag); the run's name (--trial) aside."""
     this, then = options_of(argv), options_of(earlier_argv)
-    words = lambda value: 'absent' if value is None else 'on' if value is True else value  # noqa: E731
-    return [f'{flag}: {words(then.get(flag))} -> {words(this.get(flag))}'
+    return [f'{flag}: {_flag_value(then.get(flag))} -> {_flag_value(this.get(flag))}'
             for flag in sorted(set(this) | set(then)) if flag != '--trial' and this.get(flag) != then.get(flag)]
+
+
+def _flag_value(value) -> str:
+    return 'absent' if value is None else 'on' if value is True else value
 
 
 def repeated_runs(study: Study, by_row: dict, results_root: str) -> dict:
