@@ -95,9 +95,9 @@ def interleaved(steps: Dict[str, Callable[[], None]], repeats: int, warmup: int)
     for step in steps.values():
         for _ in range(warmup):
             step()
-    times = {name: [] for name in steps}
+    times, order = {name: [] for name in steps}, list(steps.items())
     for turn in range(repeats):
-        for name, step in (list(steps.items()) if turn % 2 == 0 else reversed(list(steps.items()))):
+        for name, step in (order if turn % 2 == 0 else reversed(order)):
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)

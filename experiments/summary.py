@@ -12,7 +12,7 @@ from experiments import figures, stats
 from experiments.provenance import read_json
 from experiments.report import markdown
 from experiments.study import Study
-from helper.options import decay_epochs
+from helper.options import decay_epochs, student_parser
 from helper.run_folder import write_json_atomic
 from runtime.errors import ConfigError
 
@@ -128,36 +128,19 @@ def run_setting(record: dict) -> str:
             f'CKA code {code[:12] if code else "not recorded"}')
 
 
-def options_of(argv: Sequence[str]) -> dict:
-    """A training command line as flag -> value (True for a switch)."""
-    options, flag = {}, None
-    for token in argv:
-        if token.startswith('-') and not _is_number(token):
-            flag = token
-            options[flag] = True
-        elif flag is not None:
-            options[flag] = token if options[flag] is True else f'{options[flag]} {token}'
-    return options
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
 def argument_differences(argv: Sequence[str], earlier_argv: Sequence[str]) -> List[str]:
-    """The flags two runs of one seed trained with differently, as 'flag: earlier -> this' ('absent'
-    where a run lacks the flag); the run's name (--trial) aside."""
-    this, then = options_of(argv), options_of(earlier_argv)
-    return [f'{flag}: {_flag_value(then.get(flag))} -> {_flag_value(this.get(flag))}'
-            for flag in sorted(set(this) | set(then)) if flag != '--trial' and this.get(flag) != then.get(flag)]
+    """The options two runs of one seed trained with differently, read by train_student.py's own
+    parser, as 'flag: earlier -> this' ('absent' where a run left the option at its default); the
+    run's name (--trial) aside."""
+    parser = student_parser()
+    defaults = vars(parser.parse_known_args([])[0])
+    this, then = (vars(parser.parse_known_args(list(a))[0]) for a in (argv, earlier_argv))
+    flags = {action.dest: (action.option_strings or [action.dest])[0] for action in parser._actions}
 
-
-def _flag_value(value) -> str:
-    return 'absent' if value is None else 'on' if value is True else value
+    def word(dest, value) -> str:
+        return 'absent' if value == defaults[dest] else 'on' if value is True else str(value)
+    return [f'{flags[dest]}: {word(dest, then[dest])} -> {word(dest, this[dest])}'
+            for dest in sorted(this, key=flags.get) if dest != 'trial' and this[dest] != then[dest]]
 
 
 def repeated_runs(study: Study, by_row: dict, results_root: str) -> dict:

@@ -596,7 +596,7 @@ def test_a_repeating_row_sits_beside_the_earlier_runs_of_its_seeds(tmp_path):
     this, then = 'AMD EPYC, AVX2, float32, CKA code abcdef012345', 'device not recorded, AVX512, bf16 --amp, ' \
                                                                    'CKA code not recorded'
     flags = ['--amp: on -> absent', '--val_per_class: 200 -> absent', '--val_split_per_class: absent -> 200',
-             '-b: absent -> 5']
+             '-b: absent -> 5.0']  # as the parser reads it
     assert summary['repeats'] == {'ckagroup': {'of': 'resnet56_resnet8/ckagroup', 'seeds': {  # seed 2: not run then
         '0': {'top1': 70.75, 'earlier_top1': 70.0, 'difference': 0.75, 'setting': this, 'earlier_setting': then,
               'argument_differences': flags},
