@@ -101,6 +101,13 @@ def repeats_table(repeats: dict) -> str:
             lines.append(f'| {row} | {r["of"]} | {seed} | {s["top1"]:.2f} | {s["earlier_top1"]:.2f} | '
                          f'{s["difference"]:+.2f} | {s["setting"]} | {s["earlier_setting"]} | '
                          f'{"; ".join(s["argument_differences"]) or "none"} |')
+    lines += ['', 'Same seed, other run: the mean difference (a systematic shift; p of the paired t-test) and its '
+              'root mean square, beside the root mean square by which runs of different seeds, one from each '
+              'study, differ (sqrt of the sum of both studies\' seed variances, mean shift aside):', '']
+    for row, r in repeats.items():
+        p = r['shift']['p']
+        lines.append(f'- {row}: shift {_diff(r["shift"])}' + (f', p {p:.3f}' if p is not None else '')
+                     + f'; RMS {_num(r["rms_difference"])} against {_num(r["different_seeds_rms"])} between seeds')
     return '\n'.join(lines)
 
 

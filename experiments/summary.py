@@ -143,10 +143,27 @@ def argument_differences(argv: Sequence[str], earlier_argv: Sequence[str]) -> Li
             for dest in sorted(this, key=flags.get) if dest != 'trial' and this[dest] != then[dest]]
 
 
+def repeat_spread(this: dict, earlier: dict) -> dict:
+    """How far a run falls from the earlier run of its own seed, beside how far two runs of
+    different seeds fall apart. `this` / `earlier`: seed -> top-1 of every run of each study.
+    'shift': the paired difference over the seeds both ran (its mean, interval and t-test: a
+    systematic change); 'rms_difference': the root mean square of those differences;
+    'different_seeds_rms': sqrt(s_this^2 + s_earlier^2) from each study's spread over its seeds, the
+    root mean square by which a run of one study and a run of another seed in the other differ,
+    less any mean shift. An RMS difference near it says the seed keeps nothing of its effect once
+    the numerics change; well below it, the seed still fixes part of the outcome."""
+    shift = stats.paired_difference(this, earlier)
+    differences = [this[s] - earlier[s] for s in shift['seeds']]
+    spreads = [stats.mean_std(list(runs.values()))['std'] for runs in (this, earlier)]
+    return {'shift': shift,
+            'rms_difference': (statistics.fmean(d * d for d in differences)) ** 0.5 if differences else None,
+            'different_seeds_rms': None if None in spreads else (spreads[0] ** 2 + spreads[1] ** 2) ** 0.5}
+
+
 def repeated_runs(study: Study, by_row: dict, results_root: str) -> dict:
     """For each row that repeats an earlier study's row: per seed run in both, the two top-1s,
     their difference (this run minus the earlier), each run's setting (`run_setting`) and the flags
-    they trained with differently."""
+    they trained with differently; and over the seeds, `repeat_spread`."""
     repeats, earlier_records = {}, {}  # earlier study -> its raw records, read once
     for row, earlier in study.repeats.items():
         name, earlier_row = earlier.split('/')
@@ -159,6 +176,8 @@ def repeated_runs(study: Study, by_row: dict, results_root: str) -> dict:
                         'setting': run_setting(run), 'earlier_setting': run_setting(runs[seed]),
                         'argument_differences': argument_differences(run['argv'], runs[seed]['argv'])}
             for seed, run in sorted(by_row.get(row, {}).items()) if seed in runs}}
+        repeats[row].update(repeat_spread({s: r['test_top1_full'] for s, r in by_row.get(row, {}).items()},
+                                          {s: r['test_top1_full'] for s, r in runs.items()}))
     return repeats
 
 

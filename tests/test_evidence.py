@@ -597,14 +597,22 @@ def test_a_repeating_row_sits_beside_the_earlier_runs_of_its_seeds(tmp_path):
                                                                    'CKA code not recorded'
     flags = ['--amp: on -> absent', '--val_per_class: 200 -> absent', '--val_split_per_class: absent -> 200',
              '-b: absent -> 5.0']  # as the parser reads it
-    assert summary['repeats'] == {'ckagroup': {'of': 'resnet56_resnet8/ckagroup', 'seeds': {  # seed 2: not run then
+    repeat = summary['repeats']['ckagroup']
+    assert repeat['of'] == 'resnet56_resnet8/ckagroup' and repeat['seeds'] == {  # seed 2: not run then
         '0': {'top1': 70.75, 'earlier_top1': 70.0, 'difference': 0.75, 'setting': this, 'earlier_setting': then,
               'argument_differences': flags},
         '1': {'top1': 71.0, 'earlier_top1': 71.5, 'difference': -0.5, 'setting': this, 'earlier_setting': then,
-              'argument_differences': flags}}}}
+              'argument_differences': flags}}
+    # by hand: differences 0.75 and -0.5; this study's seeds 70.75, 71, 72 (variance 0.875 / 2), the
+    # earlier's 70, 71.5, 60 (mean 67.1667, variance 78.1667 / 2)
+    assert (repeat['shift']['mean'], repeat['shift']['n']) == (pytest.approx(0.125), 2)
+    assert repeat['shift']['high'] == pytest.approx(0.125 + 12.7062047 * 0.625)  # t(0.975, 1) x sd 0.8839 / sqrt 2
+    assert repeat['rms_difference'] == pytest.approx((0.40625) ** 0.5)
+    assert repeat['different_seeds_rms'] == pytest.approx((0.4375 + 39.0833333) ** 0.5)
     table = (out / 'summary.md').read_text()
     assert (f'| ckagroup | resnet56_resnet8/ckagroup | 1 | 71.00 | 71.50 | -0.50 | {this} | {then} | '
             + '; '.join(flags) + ' |') in table
+    assert '- ckagroup: shift +0.12 [-7.82, +8.07] (n=2), p 0.874; RMS 0.64 against 6.29 between seeds' in table
     assert 'repeats' not in summarise(with_budget(study, repeats={}), TEACHER, records, str(out))
 
 

@@ -138,3 +138,29 @@ def test_compiled_models_keep_their_block_taps(monkeypatch):
     assert len(got) == len(want) == len(reference.block_layer_names())
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+def test_which_images_the_curves_use_does_not_change_training(fast_teacher, tmp_path):
+    """The family comparison moved the per-epoch curves and the CKA monitor from test images
+    (--val_per_class) to held-out training images (--val_split_per_class); its repeats of the first
+    pair's seeds may only differ by numerics if that move leaves the training itself alone."""
+    def run(name, validation):
+        save = tmp_path / name
+        run_student(['--dataset', 'synthetic', '--train_per_class', '10', *validation, '--batch_size', '25',
+                     '--num_workers', '0', '--device', 'cpu', '--print_freq', '100', '--learning_rate', '0.02',
+                     '--path_t', str(fast_teacher), '--model_s', 'resnet8', '--distill', 'ckagroup', '-b', '5',
+                     '--cka_groups', '2', '--cka_batches', '2', '--epochs', '2', '--data_on_device',
+                     '--channels_last', '--save_dir', str(save)])
+        (run_dir,) = (save / 'students').iterdir()
+        return (torch.load(run_dir / 'ckpt_last.pth', weights_only=True),
+                json.loads((run_dir / 'metrics.json').read_text()))
+    on_test, test_history = run('test', ['--val_per_class', '5'])
+    held_out, held_out_history = run('held_out', ['--val_split_per_class', '5'])
+    # evaluated on other images (the monitor too), trained identically, bit for bit
+    assert [h['test/top1'] for h in test_history] != [h['test/top1'] for h in held_out_history]
+    assert [h['monitor/group_mean'] for h in test_history] != [h['monitor/group_mean'] for h in held_out_history]
+    for part in ('model', 'distiller'):
+        assert on_test[part].keys() == held_out[part].keys()
+        for key, value in on_test[part].items():
+            assert torch.equal(value, held_out[part][key]), (part, key)
+    assert [h['train/loss'] for h in test_history] == [h['train/loss'] for h in held_out_history]
