@@ -119,10 +119,10 @@ class StudyRunner:
     # ---- the students ----
     def _curve_images(self) -> str:
         student = self.study.student
-        if student.val_split_per_class:
-            return (f'per epoch on {student.val_split_per_class} training images per class held out after the '
-                    f'first {student.train_per_class} (--val_split_per_class)')
-        return 'per-epoch on --val_per_class' if student.val_per_class else 'per epoch on the full test set'
+        return {'held_out': f'per epoch on {student.val_split_per_class} training images per class held out after '
+                            f'the first {student.train_per_class} (--val_split_per_class)',
+                'test_subset': 'per-epoch on --val_per_class',
+                'test': 'per epoch on the full test set'}[student.curve_images]
 
     def run_path(self, row: str, seed: int) -> str:
         return os.path.join(self.out, 'runs', f'{row}_seed{seed}.json')

@@ -61,6 +61,15 @@ class StudentProtocol:
     val_per_class: Optional[int] = None
     val_split_per_class: Optional[int] = None
 
+    @property
+    def curve_images(self) -> str:
+        """Which images the per-epoch curves and the CKA monitor measure, decided here once for the
+        records, the summary's text and its figure: 'held_out' (val_split_per_class training images
+        per class), 'test_subset' (the first val_per_class test images per class) or 'test' (all)."""
+        if self.val_split_per_class:
+            return 'held_out'
+        return 'test_subset' if self.val_per_class else 'test'
+
 
 @dataclass(frozen=True)
 class Study:

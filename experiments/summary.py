@@ -72,20 +72,18 @@ def verdict(mean: Optional[float], adjusted_p: Optional[float]) -> str:
 def curves_and_flow_images(study: Study) -> str:
     """Which images the students' per-epoch curves and CKA monitor (flow CKA) were measured on."""
     student = study.student
-    if student.val_split_per_class:
-        return (f'{student.val_split_per_class} training images per class held out after the students\' '
-                f'{student.train_per_class} (the teacher trained on them); the test set gives only the final number')
-    if student.val_per_class:
-        return (f'test images: the first {student.val_per_class} per class of the test set (nothing was chosen '
-                'by them; the final number is the full test set)')
-    return 'the full test set'
+    return {'held_out': f'{student.val_split_per_class} training images per class held out after the students\' '
+                        f'{student.train_per_class} (the teacher trained on them); the test set gives only the final '
+                        'number',
+            'test_subset': f'test images: the first {student.val_per_class} per class of the test set (nothing was '
+                           'chosen by them; the final number is the full test set)',
+            'test': 'the full test set'}[student.curve_images]
 
 
 def curve_axis_label(study: Study) -> str:
     """The learning-curve figure's y axis: which images the per-epoch top-1 was measured on."""
-    if study.student.val_split_per_class:
-        return 'top-1 (%) on held-out training images'
-    return 'top-1 (%) on test images (subset)' if study.student.val_per_class else 'test top-1 (%)'
+    return {'held_out': 'top-1 (%) on held-out training images', 'test_subset': 'top-1 (%) on test images (subset)',
+            'test': 'test top-1 (%)'}[study.student.curve_images]
 
 
 def load_runs(folder: str) -> List[dict]:

@@ -23,7 +23,8 @@ from experiments.report import ranked
 from experiments.provenance import code_hash, fingerprint
 from experiments.runner import StudyRunner
 from experiments.study import load_study, study_names, with_budget
-from experiments.summary import COST_FILE, final_slope, flow_cka, load_runs, plateau, pre_decay_slope, summarise
+from experiments.summary import (COST_FILE, curve_axis_label, curves_and_flow_images, final_slope, flow_cka, load_runs,
+                                 plateau, pre_decay_slope, summarise)
 from runtime.errors import ConfigError
 from conftest import FAMILY_ROWS, tiny_study_text
 
@@ -656,3 +657,16 @@ def test_forest_plot_has_an_error_bar_per_interval():
     assert [t.get_text() for t in axes.get_yticklabels()] == ['ckagroup (n=3)', 'even_groups (n=3)', 'one_seed (n=1)']
     assert axes.get_xlabel().startswith('top-1 minus kd') and '95%' in axes.get_xlabel()
     figures.plt.close(figure)
+
+
+@pytest.mark.parametrize('study, record, prose, axis', [
+    (load_study('resnet56_resnet8_family'),
+     'per epoch on 200 training images per class held out after the first 500 (--val_split_per_class)',
+     '200 training images per class held out after the students\' 500', 'top-1 (%) on held-out training images'),
+    (load_study('resnet56_resnet8'), 'per-epoch on --val_per_class', 'test images: the first 200 per class',
+     'top-1 (%) on test images (subset)'),
+    (with_budget(load_study('resnet56_resnet8'), student_val_per_class=0), 'per epoch on the full test set',
+     'the full test set', 'test top-1 (%)')])
+def test_the_records_the_summary_and_its_figure_name_the_same_curve_images(tmp_path, study, record, prose, axis):
+    assert StudyRunner(study, str(tmp_path), str(tmp_path), str(tmp_path))._curve_images() == record
+    assert curves_and_flow_images(study).startswith(prose) and curve_axis_label(study) == axis
