@@ -9,8 +9,8 @@
 #   1. cost: every row of resnet56_resnet8_family timed against kd on the GPU
 #      (`scripts/evidence.py cost --device cuda`) -> OUT_DIR/cuda/resnet56_resnet8_family/cost.json
 #      (kept apart from the checkout's cost.json, the CPU pass the summary shows);
-#   2. teacher: resnet56_resnet8_teacher_seed1's teacher (`run --teacher_only`: bf16 --amp, native
-#      on the GPU) -> OUT_DIR/docs/results/resnet56_resnet8_teacher_seed1/teacher.json and its
+#   2. teacher: resnet56_resnet8_teacher_seed1's teacher (`run --teacher_only`, float32 as its study
+#      declares) -> OUT_DIR/docs/results/resnet56_resnet8_teacher_seed1/teacher.json and its
 #      checkpoint under OUT_DIR/save/evidence/teachers/, the paths they take in the checkout.
 #      Cut off by its limit, its run folder goes to OUT_DIR/save/ instead; on the same warm machine
 #      the same command resumes it.

@@ -2,6 +2,7 @@
 read from TOML and refused in one line when wrong, the runner's paired runs with their reuse and
 resume, the summary's statistics against independent computations, and the figures (checked
 through matplotlib objects)."""
+import dataclasses
 import filecmp
 import hashlib
 import json
@@ -670,3 +671,17 @@ def test_forest_plot_has_an_error_bar_per_interval():
 def test_the_records_the_summary_and_its_figure_name_the_same_curve_images(tmp_path, study, record, prose, axis):
     assert StudyRunner(study, str(tmp_path), str(tmp_path), str(tmp_path))._curve_images() == record
     assert curves_and_flow_images(study).startswith(prose) and curve_axis_label(study) == axis
+
+
+def test_the_second_teacher_differs_from_the_first_only_by_seed_and_declared_precision():
+    """Issue #28 item 8: the first pair's teacher recipe with seed 1; float32 instead of bf16 --amp
+    is the one other change (declared in the study file), and the students' protocol and rows are
+    the family comparison's."""
+    first, family = load_study('resnet56_resnet8'), load_study('resnet56_resnet8_family')
+    second = load_study('resnet56_resnet8_teacher_seed1')
+    assert second.teacher == dataclasses.replace(first.teacher, seed=1, train_options=('--data_on_device',
+                                                                                       '--channels_last'))
+    assert first.teacher.seed == 0 and '--amp' in first.teacher.train_options
+    assert second.student == family.student
+    assert {row: second.rows[row] for row in second.rows} == {row: family.rows[row] for row in
+                                                            ('kd', 'ckagroup_b20', 'ckagroup_b20_even')}
