@@ -119,6 +119,14 @@ def test_flow_table():
     for name, count, r, _ in rows:
         s = summary(studies[name])
         assert count == str(len(s['rows'])) and r.startswith(f'{s["flow_vs_accuracy_pearson_over_rows"]:.2f}'), name
+        if 'over the four ckagroup rows' in r:  # the same r without the reference row, by hand
+            others = [row for row in s['rows'].values() if row['seeds'] and row is not s['rows'][s['reference']]]
+            assert len(others) == 4
+            xs, ys = [o['flow_cka'] for o in others], [o['top1']['mean'] for o in others]
+            mx, my = sum(xs) / 4, sum(ys) / 4
+            pearson = (sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+                       / (sum((x - mx) ** 2 for x in xs) * sum((y - my) ** 2 for y in ys)) ** 0.5)
+            assert r.endswith(f'over the four ckagroup rows {pearson:.2f})'), name
 
 
 def test_step_cost_table():
