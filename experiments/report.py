@@ -48,6 +48,8 @@ def markdown(study: Study, summary: dict) -> str:
         lines += ['', 'CKA-term code (sha256 of every .py under cka/ and of the ckagroup code, first 12 digits): '
                   + '; '.join(f'{version[:12]}: {", ".join(rows)}' for version, rows in sorted(users.items()))]
     lines += ['', ranked(summary, reference)]
+    if summary.get('headline_vs_methods'):
+        lines += ['', headline_table(summary['headline_vs_methods'])]
     if summary.get('repeats'):
         lines += ['', repeats_table(summary['repeats'])]
     if cost:
@@ -86,6 +88,20 @@ def ranked(summary: dict, reference: str) -> str:
         lines.append(f'| {rank} | {row} | {len(r["seeds"])} | {_pm(r[top1])} | {_diff(against)} | '
                      f'{_p((against or {}).get("holm_p"))} | {r.get("verdict", "–")} |'
                      + (f' {_cost(r)} |' if cost else ''))
+    return '\n'.join(lines)
+
+
+def headline_table(against: dict) -> str:
+    """The headline row against each of the other methods: its own family of tests."""
+    headline, family = against['headline'], against['family_of_tests']
+    lines = [f'The headline {headline} against each row of another method (the difference is {headline} minus '
+             f'the row, paired over the seeds both have; Holm over these {family["tests"]} tests, a family of its '
+             f'own; \'ahead\' or \'behind\' from {headline}\'s side where the adjusted p < {family["alpha"]}):', '',
+             f'| row | {headline} - row | p | Holm p | seeds {headline} ahead | verdict for {headline} |',
+             '|---|---|---|---|---|---|']
+    for row, d in against['rows'].items():
+        lines.append(f'| {row} | {_diff(d)} | {_p(d["p"])} | {_p(d.get("holm_p"))} | {d["ahead"]}/{d["n"]} | '
+                     f'{d.get("verdict", "–")} |')
     return '\n'.join(lines)
 
 

@@ -88,6 +88,11 @@ class Study:
     # study's protocol (the summary sets their per-seed results side by side)
     repeats: Dict[str, str] = field(default_factory=dict)
 
+    def method(self, row: str) -> str:
+        """The row's --distill method (every row names one: `load_study` refuses a row without)."""
+        argv = self.rows[row]
+        return argv[argv.index('--distill') + 1]
+
     def teacher_argv(self) -> List[str]:
         """The teacher's train_teacher.py arguments, but for the local paths."""
         t = self.teacher

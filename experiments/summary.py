@@ -141,6 +141,28 @@ def argument_differences(argv: Sequence[str], earlier_argv: Sequence[str]) -> Li
             for dest in sorted(this, key=flags.get) if dest != 'trial' and this[dest] != then[dest]]
 
 
+def headline_against_methods(study: Study, accuracy: dict) -> Optional[dict]:
+    """The declared headline row against each row of another method than its own and the
+    reference's (the family's methods): the paired difference headline minus row, its t-test,
+    Holm-adjusted over these tests (a family of its own, beside the one against the reference),
+    and a verdict from the headline's side. None without a headline or such rows."""
+    headline = study.headline
+    if headline is None:
+        return None
+    own = {study.method(headline), study.method(study.reference)}
+    methods = [row for row in study.rows if study.method(row) not in own]
+    if not methods:
+        return None
+    rows = {row: stats.paired_difference(accuracy[headline], accuracy[row])
+            for row in methods if headline in accuracy and row in accuracy}
+    adjusted = stats.holm({row: d['p'] for row, d in rows.items()}, family_size=len(methods))
+    for row, p in adjusted.items():
+        rows[row]['holm_p'] = p
+        rows[row]['verdict'] = verdict(rows[row]['mean'], p)
+    return {'headline': headline, 'family_of_tests': {'tests': len(methods), 'adjustment': 'Holm', 'alpha': ALPHA},
+            'rows': rows}
+
+
 def repeat_spread(this: dict, earlier: dict) -> dict:
     """How far a run falls from the earlier run of its own seed, beside how far two runs of
     different seeds fall apart. `this` / `earlier`: seed -> top-1 of every run of each study.
@@ -225,6 +247,9 @@ def summarise(study: Study, teacher: dict, records: List[dict], out: str, result
         summary['ranked_on_seeds'] = sorted(set.intersection(*(set(r['seeds']) for r in rows.values())))
         for row, r in rows.items():
             r['top1_on_ranked_seeds'] = stats.mean_std([accuracy[row][s] for s in summary['ranked_on_seeds']])
+    against_methods = headline_against_methods(study, accuracy)
+    if against_methods is not None:  # only studies whose headline meets other methods have the key
+        summary['headline_vs_methods'] = against_methods
     if study.repeats:  # as the step cost: only studies that declare repeats have the key
         summary['repeats'] = repeated_runs(study, by_row, results_root or os.path.dirname(os.path.abspath(out)))
     if cost is not None:  # studies without a timing pass keep their summaries as they were

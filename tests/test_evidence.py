@@ -685,3 +685,39 @@ def test_the_second_teacher_differs_from_the_first_only_by_seed_and_declared_pre
     assert second.student == family.student
     assert {row: second.rows[row] for row in second.rows} == {row: family.rows[row] for row in
                                                             ('kd', 'ckagroup_b20', 'ckagroup_b20_even')}
+
+
+def test_the_headline_meets_each_other_method_in_a_holm_family_of_its_own(tmp_path):
+    """Family comparison, 3 seeds: ckagroup_b20 (headline) against the rows of other methods than
+    ckagroup and kd; by hand with the t distribution of 2 degrees of freedom, P(|T| < t) =
+    t / sqrt(t^2 + 2), and Holm over the 8 declared family methods (5 of them not run: the
+    adjustment counts them)."""
+    study = with_budget(load_study('resnet56_resnet8_family'), seeds=(0, 1, 2))
+    headline = [70.0, 71.0, 72.0]
+    gaps = {'hint': (1.0, 1.1, 0.9), 'similarity': (3.0, 3.2, 2.8), 'attention': (0.5, -0.5, 0.0),
+            'kd': (5.0, 5.0, 5.0), 'ckagroup_b20_even': (1.0, 1.1, 0.9)}  # the last two: not of the family
+    records = [_fake_run('ckagroup_b20', s, v, [v]) for s, v in enumerate(headline)]
+    records += [_fake_run(row, s, v - g, [v - g]) for row, gap in gaps.items() for s, (v, g) in
+                enumerate(zip(headline, gap))]
+    against = summarise(study, TEACHER, records, str(tmp_path))['headline_vs_methods']
+    assert against['headline'] == 'ckagroup_b20' and against['family_of_tests']['tests'] == 8
+    assert list(against['rows']) == ['hint', 'attention', 'similarity']
+
+    def p(mean, sd):
+        t = mean / (sd / math.sqrt(3))
+        return 1 - t / math.sqrt(t * t + 2) if t else 1.0
+    p_hint, p_similarity = p(1.0, 0.1), p(3.0, 0.2)
+    expected = {'similarity': (3.0, 8 * p_similarity, 'ahead'), 'hint': (1.0, 7 * p_hint, 'ahead'),
+                'attention': (0.0, 1.0, 'no difference found')}
+    for row, (mean, holm_p, verdict) in expected.items():
+        d = against['rows'][row]
+        assert (d['mean'], d['holm_p'], d['verdict']) == (pytest.approx(mean, abs=1e-9), pytest.approx(holm_p),
+                                                          verdict), row
+    assert against['rows']['hint']['ahead'] == 3 and against['rows']['attention']['ahead'] == 1
+    table = (tmp_path / 'summary.md').read_text()
+    assert f'| similarity | +3.00 [{3 - 4.30265273 * 0.2 / math.sqrt(3):+.2f}, {3 + 4.30265273 * 0.2 / math.sqrt(3):+.2f}]' \
+           f' (n=3) | {p_similarity:.3f} | {8 * p_similarity:.3f} | 3/3 | ahead |' in table
+    # a study whose headline meets no other method has no such table
+    second = summarise(load_study('resnet56_resnet8_teacher_seed1'), TEACHER,
+                       [r for r in records if r['row'] in ('kd', 'ckagroup_b20', 'ckagroup_b20_even')], str(tmp_path))
+    assert 'headline_vs_methods' not in second
