@@ -6,6 +6,7 @@ Test modules import these helpers (`from conftest import ...`; pytest puts tests
 """
 import os
 
+import pytest
 import torch
 
 import models
@@ -15,6 +16,16 @@ from helper.options import parse_student_options
 from helper.train import Distillation, build_distillation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def few_threads():
+    """At most 2 torch threads for a module (`pytestmark = pytest.mark.usefixtures('few_threads')`):
+    its many small forwards gain nothing from more, and CI has 2 cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(2, before))
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_argv(train_per_class: int, val_per_class: int, batch_size: int, print_freq: int = 5,

@@ -22,12 +22,7 @@ REF = json.loads((ROOT / 'tests' / 'fixtures' / 'model_reference.json').read_tex
 NAMES = sorted(REF)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _few_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(2, before))
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('few_threads')  # conftest: at most 2 torch threads
 
 
 def _random_state_dict(shapes: dict) -> dict:

@@ -12,12 +12,7 @@ from models import model_dict
 from models.taps import FeatureTap
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _few_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(2, before))
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('few_threads')  # conftest: at most 2 torch threads
 
 
 def expected_block_count(name: str) -> int:
