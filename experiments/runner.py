@@ -7,12 +7,22 @@ fingerprint (the exact training arguments and the teacher's weights digest); a l
 skips the runs whose JSON matches, reuses a matching run of another study under the same results
 folder, resumes an interrupted run from its last checkpoint, and refuses a JSON whose fingerprint
 differs (stale results are never mixed in silently).
+
+Several processes may run one study at once, each over all its rows: a run in progress is locked
+(an advisory lock of the operating system, dropped when its process dies), so the others pass it
+by and take the next one; a teacher in training makes the others wait for it.
 """
+import contextlib
 import os
 import shutil
 import statistics
 import time
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one process per study there
+    fcntl = None
 
 import torch
 
@@ -24,6 +34,27 @@ from helper.options import parse_student_options
 from helper.run_folder import write_json_atomic
 from helper.setup import load_data
 from runtime.errors import ConfigError
+
+
+@contextlib.contextmanager
+def run_lock(path: str, wait: bool) -> Iterator[bool]:
+    """Holds an exclusive lock on the file `path` (created if missing) for the block: yields True
+    when held; False at once when another process holds it and `wait` is False. The kernel drops
+    the lock with its process, so a run killed with its session leaves no stale lock behind."""
+    if fcntl is None:
+        yield True
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'a') as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class StudyRunner:
@@ -67,7 +98,12 @@ class StudyRunner:
         return os.path.join(os.path.dirname(self.work), 'teachers', f'{self.study.teacher.model}_{key}')
 
     def teacher(self) -> dict:
-        """Train (or resume, or reuse) the teacher; returns teacher.json's record."""
+        """Train (or resume, or reuse) the teacher; returns teacher.json's record. A process that
+        finds the teacher in training by another waits for it (every run needs it)."""
+        with run_lock(self.teacher_save_dir() + '.lock', wait=True):
+            return self._teacher()
+
+    def _teacher(self) -> dict:
         from helper.train import run_teacher
         argv = self.study.teacher_argv()
         key = fingerprint(argv)
@@ -146,9 +182,16 @@ class StudyRunner:
                     return path
         return None
 
-    def student(self, row: str, seed: int, teacher: dict) -> dict:
+    def student(self, row: str, seed: int, teacher: dict) -> Optional[dict]:
         """The raw record of the (row, seed) run: read when finished, reused from another study,
-        else trained (or resumed) and written."""
+        else trained (or resumed) and written; None when another process is running it."""
+        with run_lock(os.path.join(self.work, f'{row}_seed{seed}.lock'), wait=False) as held:
+            if not held:
+                self.log(f'== {row}, seed {seed}: another process is running it; passed by')
+                return None
+            return self._student(row, seed, teacher)
+
+    def _student(self, row: str, seed: int, teacher: dict) -> dict:
         from helper.train import run_student
         argv = self.student_argv(row, seed)
         key = fingerprint(['teacher ' + teacher['digest']] + argv)

@@ -11,6 +11,7 @@ import importlib
 import os
 import shutil
 import sys
+import time
 
 import pytest
 import torch
@@ -721,3 +722,42 @@ def test_the_headline_meets_each_other_method_in_a_holm_family_of_its_own(tmp_pa
     second = summarise(load_study('resnet56_resnet8_teacher_seed1'), TEACHER,
                        [r for r in records if r['row'] in ('kd', 'ckagroup_b20', 'ckagroup_b20_even')], str(tmp_path))
     assert 'headline_vs_methods' not in second
+
+
+def test_processes_running_one_study_pass_by_a_run_in_progress_and_wait_for_the_teacher(tmp_path):
+    """Two processes over all the rows: a run locked by another process is passed by (not trained
+    twice), a teacher in training is waited for, and a lock dies with its process."""
+    import subprocess
+    from experiments.runner import run_lock
+    results, work = str(tmp_path / 'results'), str(tmp_path / 'work')
+    study = load_study(_write(tmp_path, 'tiny', tiny_study_text(seeds='[0]', rows='')))
+    runner = StudyRunner(study, results, work, str(tmp_path), extra=['--cka_batches', '2'])
+    teacher = runner.teacher()
+    holder = [sys.executable, '-c', 'import fcntl, sys, time\nf = open(sys.argv[1], "a")\n'
+              'fcntl.flock(f, fcntl.LOCK_EX)\nprint("held", flush=True)\ntime.sleep(float(sys.argv[2]))']
+    lock = os.path.join(work, 'tiny', 'kd_seed0.lock')
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    other = subprocess.Popen(holder + [lock, '60'], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == 'held\n'
+        log = []
+        summary = StudyRunner(study, results, work, str(tmp_path), extra=['--cka_batches', '2'],
+                              log=log.append).run()
+        assert '== kd, seed 0: another process is running it; passed by' in log
+        assert set(summary['rows']) == {'ckagroup'}  # kd: not trained here
+    finally:
+        other.kill()
+        other.wait()
+    with run_lock(lock, wait=False) as held:  # the dead process's lock is gone with it
+        assert held
+    assert runner.student('kd', 0, teacher)['row'] == 'kd'
+    # the teacher's lock: a process finding it held waits until it is released, then reuses the record
+    teacher_lock = runner.teacher_save_dir() + '.lock'
+    other = subprocess.Popen(holder + [teacher_lock, '2'], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == 'held\n'
+        started = time.monotonic()
+        assert runner.teacher()['digest'] == teacher['digest']
+        assert time.monotonic() - started > 1.0
+    finally:
+        other.wait()
