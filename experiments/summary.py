@@ -69,6 +69,15 @@ def verdict(mean: Optional[float], adjusted_p: Optional[float]) -> str:
     return 'ahead' if mean > 0 else 'behind'
 
 
+def holm_verdicts(differences: dict, family_size: int) -> dict:
+    """One family of tests: each paired difference (`stats.paired_difference`, by row) gains its
+    Holm-adjusted p ('holm_p', over `family_size` declared tests); returns row -> `verdict`."""
+    adjusted = stats.holm({row: d['p'] for row, d in differences.items()}, family_size=family_size)
+    for row, p in adjusted.items():
+        differences[row]['holm_p'] = p
+    return {row: verdict(d['mean'], d['holm_p']) for row, d in differences.items()}
+
+
 def curves_and_flow_images(study: Study) -> str:
     """Which images the students' per-epoch curves and CKA monitor (flow CKA) were measured on."""
     student = study.student
@@ -155,10 +164,8 @@ def headline_against_methods(study: Study, accuracy: dict) -> Optional[dict]:
         return None
     rows = {row: stats.paired_difference(accuracy[headline], accuracy[row])
             for row in methods if headline in accuracy and row in accuracy}
-    adjusted = stats.holm({row: d['p'] for row, d in rows.items()}, family_size=len(methods))
-    for row, p in adjusted.items():
-        rows[row]['holm_p'] = p
-        rows[row]['verdict'] = verdict(rows[row]['mean'], p)
+    for row, word in holm_verdicts(rows, len(methods)).items():
+        rows[row]['verdict'] = word
     return {'headline': headline, 'family_of_tests': {'tests': len(methods), 'adjustment': 'Holm', 'alpha': ALPHA},
             'rows': rows}
 
@@ -213,11 +220,9 @@ def summarise(study: Study, teacher: dict, records: List[dict], out: str, result
     # the table's family of tests: every row's paired difference against the reference, adjusted together
     # the family is declared by the study's rows, also while some have no p-value yet
     declared = len([row for row in study.rows if row != reference])
-    adjusted = stats.holm({row: r['vs'][reference]['p'] for row, r in rows.items() if reference in r['vs']},
-                          family_size=declared)
-    for row, p in adjusted.items():
-        rows[row]['vs'][reference]['holm_p'] = p
-        rows[row]['verdict'] = verdict(rows[row]['vs'][reference]['mean'], p)
+    against_reference = {row: r['vs'][reference] for row, r in rows.items() if reference in r['vs']}
+    for row, word in holm_verdicts(against_reference, declared).items():
+        rows[row]['verdict'] = word
     flow_rows = [r for r in rows if rows[r]['flow_cka'] is not None]
     cost_file = os.path.join(out, COST_FILE)
     cost = read_json(cost_file) if os.path.exists(cost_file) else None
