@@ -4,7 +4,6 @@ a regenerated summary or a mistyped cell fails instead of leaving a plausible wr
 import json
 import os
 
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()
