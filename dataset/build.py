@@ -25,7 +25,9 @@ class DataBundle:
 
     ``train`` / ``val``: torch data sets yielding ``(tensor image, int target)``, each
     with ``.targets``; ``image_size``: the side of the (square) tensors the model
-    sees; ``mean`` / ``std``: the per-channel normalisation applied.
+    sees; ``mean`` / ``std``: the per-channel normalisation applied; ``test``: the full test
+    set when ``val`` is held out from the training images (``val_split_per_class``), else None
+    (``val`` is the test set or its first images per class).
     """
     train: Any
     val: Any
@@ -34,6 +36,7 @@ class DataBundle:
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
     name: str = ""
+    test: Any = None
 
 
 def _array_bundle(name, train, val, num_classes, mean, std, augment, size=32):
@@ -86,8 +89,8 @@ def build_datasets(name: str, data_folder: Optional[str] = None, *, train_per_cl
     order); ``val_per_class=N`` does the same for the validation set. ``augment=False`` gives the training set the evaluation transform.
     ``val_split_per_class=N`` (needs ``train_per_class``, excludes ``val_per_class``): the
     validation set is held out from the training images instead of the test set, the N images of
-    each class that follow its first ``train_per_class``, with the evaluation transform; so
-    per-epoch curves never touch the test set.
+    each class that follow its first ``train_per_class``, with the evaluation transform, and the
+    full test set is kept as ``test``; so per-epoch curves never touch the test set.
     Missing data raises :class:`DatasetUnavailableError` (one line, names --data_folder).
     """
     if val_split_per_class is not None:
@@ -132,6 +135,7 @@ def build_datasets(name: str, data_folder: Optional[str] = None, *, train_per_cl
         bundle = _folder_bundle(key, root, augment, title="image folder")
 
     if val_split_per_class is not None:
+        bundle.test = bundle.val
         bundle.val = _held_out_split(bundle, train_per_class, val_split_per_class)
     if train_per_class is not None:
         idx = class_balanced_indices(bundle.train.targets, train_per_class, bundle.num_classes)

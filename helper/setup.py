@@ -94,51 +94,57 @@ def make_loaders(opt, train_set, val_set, device, data=None):
 
     Distributed: the training set is split by a DistributedSampler (shuffled by --seed and the
     epoch; padded by repeating a few samples so that every rank gets as many), the evaluation set
-    by a ShardSampler (no padding: each sample is evaluated once, the sums are added over ranks).
-    `--data_on_device` (needs `data`, the DataBundle): both sets as uint8 on the device instead.
+    as `make_eval_loader` splits it. `--data_on_device` (needs `data`, the DataBundle): both sets
+    as uint8 on the device instead.
     """
     generator = torch.Generator()
-    train_sampler, val_sampler = _samplers(opt, train_set, val_set)
+    sampler = DistributedSampler(train_set, shuffle=True, seed=opt.seed) if collectives.world_size() > 1 else None
     if getattr(opt, 'data_on_device', False):
-        return _device_loaders(opt, train_set, data, device, generator, train_sampler, val_sampler)
-    common = dict(batch_size=opt.batch_size, num_workers=opt.num_workers, pin_memory=device.type == 'cuda',
-                  persistent_workers=False)
-    # a sampler, when there is one, gives the order (shuffle must then stay off)
-    train_loader = torch.utils.data.DataLoader(train_set, shuffle=train_sampler is None, sampler=train_sampler,
-                                               generator=generator, **common)
-    val_loader = torch.utils.data.DataLoader(val_set, shuffle=False, sampler=val_sampler, **common)
-    return train_loader, val_loader, generator
+        extras = _batch_extras(opt, train_set, data)
+        train_loader = DeviceImageLoader(*_device_arrays(opt, data.train, data), train=True, generator=generator,
+                                         sampler=sampler, batch_extras=extras, **_device_options(opt, data, device))
+    else:  # a sampler, when there is one, gives the order (shuffle must then stay off)
+        train_loader = torch.utils.data.DataLoader(train_set, shuffle=sampler is None, sampler=sampler,
+                                                   generator=generator, **_loader_options(opt, device))
+    return train_loader, make_eval_loader(opt, val_set, device, data), generator
 
 
-def _samplers(opt, train_set, val_set) -> tuple:
-    """(training, evaluation) samplers of a distributed run; (None, None) in one process."""
-    if collectives.world_size() == 1:
-        return None, None
-    return (DistributedSampler(train_set, shuffle=True, seed=opt.seed),
-            collectives.ShardSampler(len(val_set)))
+def make_eval_loader(opt, dataset, device, data=None):
+    """An evaluation loader of `dataset` in its order. Distributed: split by a ShardSampler (no
+    padding: each sample is evaluated once, the sums are added over ranks). `--data_on_device`
+    (needs `data`, the DataBundle): as uint8 on the device."""
+    sampler = collectives.ShardSampler(len(dataset)) if collectives.world_size() > 1 else None
+    if getattr(opt, 'data_on_device', False):
+        return DeviceImageLoader(*_device_arrays(opt, dataset, data), train=False, sampler=sampler,
+                                 **_device_options(opt, data, device))
+    return torch.utils.data.DataLoader(dataset, shuffle=False, sampler=sampler, **_loader_options(opt, device))
 
 
-def _device_loaders(opt, train_set, data, device, generator, train_sampler, val_sampler):
-    # a method's wrapper of the training set (CRD's indices) draws its extra tensors per batch
-    batch_extras = None
-    if train_set is not data.train:
-        if getattr(train_set, 'dataset', None) is not data.train or not hasattr(train_set, 'batch_extras'):
-            raise ConfigError(f'--data_on_device cannot feed --distill {opt.distill}: its data set wrapper '
-                              f'{type(train_set).__name__} has no batch_extras; drop --data_on_device')
-        batch_extras = train_set.batch_extras
-    arrays = []
-    for part in (data.train, data.val):
-        try:
-            arrays.append(uint8_images(part, data.image_size))
-        except ValueError as exc:
-            raise ConfigError(f'--data_on_device: {exc}; drop --data_on_device for --dataset '
-                              f'{opt.dataset}') from None
-    common = dict(mean=data.mean, std=data.std, batch_size=opt.batch_size, device=device,
-                  channels_last=opt.channels_last)
-    train_loader = DeviceImageLoader(*arrays[0], train=True, generator=generator, sampler=train_sampler,
-                                     batch_extras=batch_extras, **common)
-    val_loader = DeviceImageLoader(*arrays[1], train=False, sampler=val_sampler, **common)
-    return train_loader, val_loader, generator
+def _loader_options(opt, device) -> dict:
+    return dict(batch_size=opt.batch_size, num_workers=opt.num_workers, pin_memory=device.type == 'cuda',
+                persistent_workers=False)
+
+
+def _device_options(opt, data, device) -> dict:
+    return dict(mean=data.mean, std=data.std, batch_size=opt.batch_size, device=device,
+                channels_last=opt.channels_last)
+
+
+def _batch_extras(opt, train_set, data):
+    """What a method's wrapper of the training set (CRD's indices) draws per batch; None unwrapped."""
+    if train_set is data.train:
+        return None
+    if getattr(train_set, 'dataset', None) is not data.train or not hasattr(train_set, 'batch_extras'):
+        raise ConfigError(f'--data_on_device cannot feed --distill {opt.distill}: its data set wrapper '
+                          f'{type(train_set).__name__} has no batch_extras; drop --data_on_device')
+    return train_set.batch_extras
+
+
+def _device_arrays(opt, part, data):
+    try:
+        return uint8_images(part, data.image_size)
+    except ValueError as exc:
+        raise ConfigError(f'--data_on_device: {exc}; drop --data_on_device for --dataset {opt.dataset}') from None
 
 
 def prepare_model(model: torch.nn.Module, opt, taps: bool = False) -> torch.nn.Module:

@@ -21,7 +21,8 @@ from helper.loops import CrossEntropyObjective, DistillObjective, validate
 from helper.monitor import CKAMonitor, build_monitor, monitor_wanted
 from helper.options import plain_options
 from helper.run_folder import GROUPS_FILE, RunFolder
-from helper.setup import build_model, consistency, load_data, make_loaders, prepare_model, prepare_process
+from helper.setup import (build_model, consistency, load_data, make_eval_loader, make_loaders, prepare_model,
+                          prepare_process)
 from helper.trainer import Trainer, resume_path
 from runtime import collectives
 from runtime.errors import ConfigError, DistributedFailure
@@ -51,7 +52,8 @@ def _teacher(opt) -> dict:
                       device, *loaders,
                       checkpoint_extra={'arch': arch, 'dataset': opt.dataset,
                                         'num_classes': data.num_classes},
-                      consistency=consistency(opt, data), started=started, rounded_family_files=True)
+                      consistency=consistency(opt, data), started=started, rounded_family_files=True,
+                      **_final_test(opt, data, device))
     resume = resume_path(opt, run)
     if resume:
         trainer.resume(resume)
@@ -92,13 +94,16 @@ def _student(opt) -> dict:
                                         'num_classes': data.num_classes, 'teacher_arch': teacher_arch,
                                         'distill': opt.distill},
                       extra_state={'distiller': distiller},
-                      consistency=consistency(opt, data, teacher, groups), started=started)
+                      consistency=consistency(opt, data, teacher, groups), started=started,
+                      **_final_test(opt, data, device))
     resume = resume_path(opt, run)
     if resume:
         trainer.resume(resume)
     elif not opt.skip_validation:
         teacher_acc = validate(teacher, loaders[1], device, trainer.step_options)
-        print(f'teacher {teacher_arch} test top1 {teacher_acc["top1"]:.2f}')
+        print(f'teacher {teacher_arch} {trainer.val_name} top1 {teacher_acc["top1"]:.2f}'
+              + (" (held out from the student's training images, perhaps not from the teacher's)"
+                 if data.test is not None else ''))
         run.write_json('teacher_accuracy.json', teacher_acc)
     if groups is not None and not (resume and os.path.exists(run.file(GROUPS_FILE))):
         run.log_teacher_groups(groups.record, step=trainer.start_epoch)
@@ -108,6 +113,14 @@ def _student(opt) -> dict:
             **distiller.end_epoch(epoch, run), **(monitor.end_epoch(epoch, run) if monitor else {})})
     finally:
         run.close()
+
+
+def _final_test(opt, data, device) -> dict:
+    """The Trainer's test set when the epochs evaluate on images held out from training: the full
+    test set, evaluated once after the last epoch."""
+    if data.test is None:
+        return {}
+    return {'test_loader': make_eval_loader(opt, data.test, device, data), 'test_images': len(data.test)}
 
 
 @dataclass

@@ -54,10 +54,15 @@ class Trainer:
 
     def __init__(self, opt, run: RunFolder, model, objective, predict, trainable, device,
                  train_loader, val_loader, generator, checkpoint_extra, extra_state=None,
-                 consistency=None, started=None, rounded_family_files=False):
+                 consistency=None, started=None, rounded_family_files=False, test_loader=None,
+                 test_images=None):
         self.opt, self.run, self.model, self.objective = opt, run, model, objective
         self.predict, self.device = predict, device
         self.train_loader, self.val_loader, self.generator = train_loader, val_loader, generator
+        # the full test set when val_loader holds images held out from training (evaluated once,
+        # after the last epoch); None when val_loader is the test set
+        self.test_loader, self.test_images = test_loader, test_images
+        self.val_name = 'test' if test_loader is None else 'held-out'
         self.checkpoint_extra = checkpoint_extra  # arch, data set, class count, ...
         self.extra_state = extra_state or {}  # name -> module whose state is checkpointed too
         self.eval_modules = [model] + list(self.extra_state.values())
@@ -148,7 +153,7 @@ class Trainer:
             self.best_acc = max(self.best_acc, test['top1'])
             self.run.log_epoch(self.history, record)
             if collectives.is_main():
-                print(f'epoch {epoch}: train top1 {train["top1"]:.2f} test top1 {test["top1"]:.2f} '
+                print(f'epoch {epoch}: train top1 {train["top1"]:.2f} {self.val_name} top1 {test["top1"]:.2f} '
                       f'(best {self.best_acc:.2f}) lr {lr:g} {record["time"]:.1f}s', flush=True)
             if self.run.enabled:
                 state = self._state(epoch)
@@ -161,6 +166,9 @@ class Trainer:
                    'last_top1': self.history[-1]['test/top1'] if self.history else None,
                    'last_top5': self.history[-1]['test/top5'] if self.history else None,
                    'epochs': len(self.history)}
+        if self.test_loader is not None:
+            final = validate(self.predict, self.test_loader, self.device, self.step_options)
+            summary.update(test_top1=final['top1'], test_top5=final['top5'], test_images=self.test_images)
         if collectives.world_size() > 1:
             summary['world_size'] = collectives.world_size()
             summary['ranks_in_sync'] = collectives.states_identical(
@@ -172,8 +180,13 @@ class Trainer:
         self.run.write_json('summary.json', summary)
         self.run.write_json(family_files.PARAMETERS_FILE, family_files.parameters(
             plain_options(opt), self.model, self._seconds(), self.rounded_family_files))
-        print(f'finished: last-epoch test top1 {summary["last_top1"]:.2f}, '
-              f'best {summary["best_top1"]:.2f} (choosing by test accuracy is optimistic)')
+        if self.test_loader is None:
+            print(f'finished: last-epoch test top1 {summary["last_top1"]:.2f}, '
+                  f'best {summary["best_top1"]:.2f} (choosing by test accuracy is optimistic)')
+        else:
+            print(f'finished: last-epoch held-out top1 {summary["last_top1"]:.2f} (best {summary["best_top1"]:.2f}); '
+                  f'test top1 of the last epoch\'s weights {summary["test_top1"]:.2f} on '
+                  f'{summary["test_images"]} test images, the test set\'s only use')
         return summary
 
 

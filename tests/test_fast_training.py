@@ -164,3 +164,37 @@ def test_which_images_the_curves_use_does_not_change_training(fast_teacher, tmp_
         for key, value in on_test[part].items():
             assert torch.equal(value, held_out[part][key]), (part, key)
     assert [h['train/loss'] for h in test_history] == [h['train/loss'] for h in held_out_history]
+
+
+@pytest.mark.parametrize('loader', [[], ['--data_on_device']], ids=['dataloader', 'data_on_device'])
+def test_held_out_curves_leave_the_test_set_to_one_final_evaluation(fast_teacher, tmp_path, capsys, loader):
+    """With --val_split_per_class the epochs report held-out training images under that name, and
+    the full test set is evaluated once, on the last epoch's weights; checked against a plain
+    float64 evaluation of the saved checkpoint over every test image."""
+    import models
+    from dataset import build_datasets
+    summary = run_student(['--dataset', 'synthetic', '--train_per_class', '10', '--val_split_per_class', '5',
+                           '--batch_size', '25', '--num_workers', '0', '--device', 'cpu', '--print_freq', '100',
+                           '--path_t', str(fast_teacher), '--model_s', 'resnet8', '--distill', 'kd',
+                           '--epochs', '1', '--save_dir', str(tmp_path), *loader])
+    out = capsys.readouterr().out
+    epoch_lines = [line for line in out.splitlines() if line.startswith('epoch 1:')]
+    assert len(epoch_lines) == 1 and 'held-out top1' in epoch_lines[0] and 'test top1' not in epoch_lines[0]
+    assert 'teacher resnet8 held-out top1' in out
+    (run_dir,) = (tmp_path / 'students').iterdir()
+    student = models.build_model('resnet8', num_classes=10).double().eval()
+    student.load_state_dict(torch.load(run_dir / 'ckpt_last.pth', weights_only=True)['model'])
+    test = build_datasets('synthetic').val
+    with torch.no_grad():
+        images = torch.stack([test[i][0] for i in range(len(test))]).double()
+        correct = (student(images).argmax(1) == torch.as_tensor(test.targets)).sum().item()
+    assert summary['test_images'] == len(test) > 100
+    assert summary['test_top1'] == pytest.approx(100.0 * correct / len(test), abs=1e-4)
+    assert f'test top1 of the last epoch\'s weights {summary["test_top1"]:.2f}' in out
+    saved = json.loads((run_dir / 'summary.json').read_text())
+    assert saved['test_top1'] == summary['test_top1']
+
+
+def test_curves_on_test_images_add_no_second_test_evaluation(fast_teacher, tmp_path):
+    summary = _student(fast_teacher, tmp_path, ['--val_per_class', '5'])
+    assert 'test_top1' not in summary and 'test_images' not in summary
