@@ -184,24 +184,34 @@ class StudyRunner:
 
     def student(self, row: str, seed: int, teacher: dict) -> Optional[dict]:
         """The raw record of the (row, seed) run: read when finished, reused from another study,
-        else trained (or resumed) and written; None when another process is running it."""
+        else trained (or resumed) and written; None when another process is running it. A finished
+        record is read without the lock (records are written whole); the lock is taken to train,
+        and the record looked for again under it, in case a process finished it meanwhile."""
+        finished = self._finished(row, seed, teacher)
+        if finished is not None:
+            return finished
         with run_lock(os.path.join(self.work, f'{row}_seed{seed}.lock'), wait=False) as held:
             if not held:
                 self.log(f'== {row}, seed {seed}: another process is running it; passed by')
                 return None
-            return self._student(row, seed, teacher)
+            return self._finished(row, seed, teacher) or self._student(row, seed, teacher)
+
+    def _finished(self, row: str, seed: int, teacher: dict) -> Optional[dict]:
+        """The (row, seed) run's raw record when written, checked to be of this study's settings."""
+        path = self.run_path(row, seed)
+        if not os.path.exists(path):
+            return None
+        record = read_json(path)
+        if record['fingerprint'] != fingerprint(['teacher ' + teacher['digest']] + self.student_argv(row, seed)):
+            raise ConfigError(f'{path} was run with other settings; move it away (or pass another '
+                              '--results) rather than mix it into this study')
+        return record
 
     def _student(self, row: str, seed: int, teacher: dict) -> dict:
         from helper.train import run_student
         argv = self.student_argv(row, seed)
         key = fingerprint(['teacher ' + teacher['digest']] + argv)
         path = self.run_path(row, seed)
-        if os.path.exists(path):
-            record = read_json(path)
-            if record['fingerprint'] != key:
-                raise ConfigError(f'{path} was run with other settings; move it away (or pass another '
-                                  '--results) rather than mix it into this study')
-            return record
         earlier = self._reusable(key)
         if earlier:
             record = dict(read_json(earlier), row=row, reused_from=os.path.relpath(earlier, self.results_root))

@@ -726,7 +726,8 @@ def test_the_headline_meets_each_other_method_in_a_holm_family_of_its_own(tmp_pa
 
 def test_processes_running_one_study_pass_by_a_run_in_progress_and_wait_for_the_teacher(tmp_path):
     """Two processes over all the rows: a run locked by another process is passed by (not trained
-    twice), a teacher in training is waited for, and a lock dies with its process."""
+    twice), a finished one is read without its lock, a teacher in training is waited for, and a
+    lock dies with its process."""
     import subprocess
     from experiments.runner import run_lock
     results, work = str(tmp_path / 'results'), str(tmp_path / 'work')
@@ -751,6 +752,14 @@ def test_processes_running_one_study_pass_by_a_run_in_progress_and_wait_for_the_
     with run_lock(lock, wait=False) as held:  # the dead process's lock is gone with it
         assert held
     assert runner.student('kd', 0, teacher)['row'] == 'kd'
+    # a finished record is read even while another process holds its lock (a summary need not wait)
+    other = subprocess.Popen(holder + [lock, '60'], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == 'held\n'
+        assert runner.student('kd', 0, teacher)['row'] == 'kd'
+    finally:
+        other.kill()
+        other.wait()
     # the teacher's lock: a process finding it held waits until it is released, then reuses the record
     teacher_lock = runner.teacher_save_dir() + '.lock'
     other = subprocess.Popen(holder + [teacher_lock, '2'], stdout=subprocess.PIPE, text=True)
