@@ -127,3 +127,23 @@ def test_method_trains_with_fast_options(method, narrow_teacher_path, tmp_path):
     history = json.loads((run_dir / 'metrics.json').read_text())
     losses = {k: v for k, v in history[0].items() if k.startswith('train/loss')}
     assert len(losses) >= 2 and all(math.isfinite(v) for v in losses.values()), losses
+
+
+@pytest.fixture(scope='module')
+def resnet32_teacher_path(tmp_path_factory):
+    return save_teacher(tmp_path_factory.mktemp('resnet32_teacher'), 'resnet32')[0]
+
+
+@pytest.mark.parametrize('method', sorted(set(BETA) - {'kd'}))
+def test_method_distils_across_families(method, resnet32_teacher_path, tmp_path):
+    """The cross-family pair of the evidence, resnet32 -> MobileNetV2 (other widths, depths, block
+    types and feature-map sizes than the teacher's), with the family comparison's float32 fast
+    options: every method builds its layers for the pair and trains with finite losses."""
+    weights = ['-c', '0', '-d', '0'] if method == 'simkd' else ['-c', '1', '-d', '1']
+    fast = ['--channels_last', '--data_on_device', '--train_per_class', '5']
+    run_student(TINY + ['--path_t', str(resnet32_teacher_path), '--model_s', 'MobileNetV2', '--distill', method,
+                        '-b', str(BETA[method]), '--save_dir', str(tmp_path)] + weights + fast)
+    (run_dir,) = (tmp_path / 'students').iterdir()
+    history = json.loads((run_dir / 'metrics.json').read_text())
+    losses = {k: v for k, v in history[0].items() if k.startswith('train/loss')}
+    assert len(losses) >= 2 and all(math.isfinite(v) for v in losses.values()), losses
