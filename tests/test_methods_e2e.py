@@ -119,14 +119,19 @@ def narrow_teacher_path(tmp_path_factory):
 def test_method_trains_with_fast_options(method, narrow_teacher_path, tmp_path):
     """--amp (bf16 autocast), --channels_last and --data_on_device with every method (CRD's indices
     come from the on-device loader): finite losses over the first batches."""
+    losses = _first_epoch_losses(narrow_teacher_path, 'resnet8', method, tmp_path, '--amp')
+    assert len(losses) >= 2 and all(math.isfinite(v) for v in losses.values()), losses
+
+
+def _first_epoch_losses(teacher, student, method, tmp_path, *extra) -> dict:
+    """The loss terms of a one-epoch run with the fast data path (5 images per class)."""
     weights = ['-c', '0', '-d', '0'] if method == 'simkd' else ['-c', '1', '-d', '1']
-    fast = ['--amp', '--channels_last', '--data_on_device', '--train_per_class', '5']
-    run_student(TINY + ['--path_t', str(narrow_teacher_path), '--model_s', 'resnet8', '--distill', method,
+    fast = ['--channels_last', '--data_on_device', '--train_per_class', '5', *extra]
+    run_student(TINY + ['--path_t', str(teacher), '--model_s', student, '--distill', method,
                         '-b', str(BETA[method]), '--save_dir', str(tmp_path)] + weights + fast)
     (run_dir,) = (tmp_path / 'students').iterdir()
     history = json.loads((run_dir / 'metrics.json').read_text())
-    losses = {k: v for k, v in history[0].items() if k.startswith('train/loss')}
-    assert len(losses) >= 2 and all(math.isfinite(v) for v in losses.values()), losses
+    return {k: v for k, v in history[0].items() if k.startswith('train/loss')}
 
 
 @pytest.fixture(scope='module')
@@ -139,11 +144,5 @@ def test_method_distils_across_families(method, resnet32_teacher_path, tmp_path)
     """The cross-family pair of the evidence, resnet32 -> MobileNetV2 (other widths, depths, block
     types and feature-map sizes than the teacher's), with the family comparison's float32 fast
     options: every method builds its layers for the pair and trains with finite losses."""
-    weights = ['-c', '0', '-d', '0'] if method == 'simkd' else ['-c', '1', '-d', '1']
-    fast = ['--channels_last', '--data_on_device', '--train_per_class', '5']
-    run_student(TINY + ['--path_t', str(resnet32_teacher_path), '--model_s', 'MobileNetV2', '--distill', method,
-                        '-b', str(BETA[method]), '--save_dir', str(tmp_path)] + weights + fast)
-    (run_dir,) = (tmp_path / 'students').iterdir()
-    history = json.loads((run_dir / 'metrics.json').read_text())
-    losses = {k: v for k, v in history[0].items() if k.startswith('train/loss')}
+    losses = _first_epoch_losses(resnet32_teacher_path, 'MobileNetV2', method, tmp_path)
     assert len(losses) >= 2 and all(math.isfinite(v) for v in losses.values()), losses
