@@ -770,3 +770,25 @@ def test_processes_running_one_study_pass_by_a_run_in_progress_and_wait_for_the_
         assert time.monotonic() - started > 1.0
     finally:
         other.wait()
+
+
+def test_the_cross_family_pair_takes_the_family_comparisons_three_best_methods():
+    """Issue #28 item 7: kd, the three family methods with the highest mean top-1 over the family
+    comparison's five seeds (ranked here from its raw records), and ckagroup beta 20 with CKA and
+    with even groups, each row as the family comparison writes it; the first cross-family pair's
+    teacher, and the family comparison's student protocol with MobileNetV2 as the student."""
+    family, cross = load_study('resnet56_resnet8_family'), load_study('resnet32_mobilenetv2_family')
+    top1 = {}
+    for name in os.listdir(os.path.join(RESULTS, family.name, 'runs')):
+        with open(os.path.join(RESULTS, family.name, 'runs', name)) as f:
+            record = json.load(f)
+        top1.setdefault(record['row'], {})[record['seed']] = record['test_top1_full']
+    methods = [row for row in family.rows if family.method(row) not in ('kd', 'ckagroup')]
+    assert all(sorted(top1[row]) == list(family.seeds) for row in methods)
+    best = sorted(methods, key=lambda row: -sum(top1[row].values()))[:3]
+    assert set(cross.rows) == {'kd', *best, 'ckagroup_b20', 'ckagroup_b20_even'}
+    assert all(cross.rows[row] == family.rows[row] for row in cross.rows)
+    assert cross.teacher == load_study('resnet32_mobilenetv2').teacher
+    assert cross.student == dataclasses.replace(family.student, model='MobileNetV2')
+    assert (cross.reference, cross.headline, cross.cka_row, cross.seeds) == ('kd', 'ckagroup_b20', 'ckagroup_b20',
+                                                                             family.seeds)
