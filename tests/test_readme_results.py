@@ -11,6 +11,10 @@ README = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()
 PAIRS = {'resnet56 -> resnet8, 30': 'resnet56_resnet8', 'resnet32 -> MobileNetV2, 30': 'resnet32_mobilenetv2',
          'resnet56 -> resnet8, 60': 'resnet56_resnet8_long',
          'resnet56 -> resnet8, 30 (sensitivity grid)': 'resnet56_resnet8_sensitivity'}
+FAMILY = 'resnet56_resnet8_family'
+# the family comparison's ckagroup rows where the first questions' tables show them, by their labels there
+FAMILY_ROWS = {'resnet56 -> resnet8, 30 (family comparison, beta 5)': 'ckagroup_b5',
+               'resnet56 -> resnet8, 30 (family comparison, beta 20)': 'ckagroup_b20'}
 
 
 def summary(study: str) -> dict:
@@ -48,20 +52,35 @@ def seeds_text(seeds: list) -> str:
 
 
 def test_the_readme_names_every_comparison_it_transcribes():
-    assert set(PAIRS.values()) <= set(os.listdir(os.path.join(ROOT, 'docs', 'results')))
+    assert set(PAIRS.values()) | {FAMILY} <= set(os.listdir(os.path.join(ROOT, 'docs', 'results')))
+
+
+def study_and_row(pair: str) -> tuple:
+    """The summary a table row of the first questions transcribes, and its ckagroup row."""
+    if pair in FAMILY_ROWS:
+        return summary(FAMILY), FAMILY_ROWS[pair]
+    s = summary(PAIRS[pair])
+    return s, s['cka_row']
 
 
 def test_cka_term_against_kd_table():
     header, *rows = table_after('Does the CKA term beat KD?')
     assert header == ['pair, student epochs', 'seeds', 'ckagroup - KD', 'p', 'Holm p', 'seeds ahead', 'verdict']
-    assert len(rows) == 4
+    assert len(rows) == 6 and [r[0] for r in rows if r[0] in FAMILY_ROWS] == list(FAMILY_ROWS)
     for pair, seeds, difference, p, holm, ahead, verdict in rows:
-        s = summary(PAIRS[pair])
-        row = s['rows'][s['cka_row']]
+        s, name = study_and_row(pair)
+        row = s['rows'][name]
         d = row['vs'][s['reference']]
         assert (seeds, difference, p, holm) == (seeds_text(row['seeds']), interval(d), p_text(d['p']),
                                                p_text(d['holm_p'])), pair
         assert (ahead, verdict) == (f'{d["ahead"]}/{d["n"]}', row['verdict']), pair
+
+
+def test_even_groups_against_kd_in_the_family_comparison():
+    even = summary(FAMILY)['rows']['ckagroup_b20_even']
+    assert even['verdict'] == 'ahead'
+    assert (f'beta 20 with even groups in the family comparison (Holm {p_text(even["vs"]["kd"]["holm_p"])})'
+            in ' '.join(README.split()))
 
 
 def test_grouping_table():
@@ -69,14 +88,39 @@ def test_grouping_table():
     columns = {'even - CKA groups': 'even_groups', 'random - CKA groups': 'random_groups',
                'one group - CKA groups': 'one_group'}
     assert header == ['pair, student epochs, seeds', *columns]
-    assert len(rows) == 3
+    assert len(rows) == 4
+    # the family comparison's grouping row: beta 20 with even groups against beta 20 with CKA groups
+    family_columns = {'even - CKA groups': 'ckagroup_b20_even'}
     for pair_seeds, *cells in rows:
         pair, seeds = pair_seeds.rsplit(', ', 1)
-        s = summary(PAIRS[pair])
-        assert seeds == seeds_text(s['rows'][s['cka_row']]['seeds'])
-        for cell, row in zip(cells, columns.values()):
-            expected = interval(s['rows'][row]['vs'][s['cka_row']]) if row in s['rows'] else '–'
-            assert cell == expected, (pair, row)
+        s, cka_row = study_and_row(pair)
+        assert seeds == seeds_text(s['rows'][cka_row]['seeds'])
+        for cell, column in zip(cells, columns):
+            row = (family_columns if pair in FAMILY_ROWS else columns).get(column)
+            expected = interval(s['rows'][row]['vs'][cka_row]) if row in s['rows'] else '–'
+            assert cell == expected, (pair, column)
+
+
+def holm_by_hand(ps: list) -> list:
+    """Holm's step-down adjustment of `ps`, in their order."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    adjusted, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def test_grouping_table_holm_over_its_comparisons():
+    # the README adjusts the family comparison's even-minus-CKA p over the table's eight comparisons
+    tests = [(PAIRS['resnet56 -> resnet8, 30'], r) for r in ('even_groups', 'random_groups', 'one_group')]
+    tests += [(PAIRS['resnet32 -> MobileNetV2, 30'], r) for r in ('even_groups', 'random_groups', 'one_group')]
+    tests += [(PAIRS['resnet56 -> resnet8, 60'], 'even_groups'), (FAMILY, 'ckagroup_b20_even')]
+    ps = [summary(study)['rows'][row]['vs'][summary(study)['cka_row']]['p'] for study, row in tests]
+    adjusted = holm_by_hand(ps)
+    assert f'with p = {p_text(ps[-1])} unadjusted (Holm {adjusted[-1]:.3f} over the table\'s eight comparisons: ' \
+           f'no difference found)' in ' '.join(README.split())
+    assert min(adjusted) >= 0.05
 
 
 def test_weight_and_groups_grid_table():
@@ -101,11 +145,7 @@ def test_grid_holm_over_its_five_comparisons_with_beta_5():
     ps = sorted(r['vs']['ckagroup']['p'] for name, r in s['rows'].items() if name != 'ckagroup')
     assert len(ps) == 5
     beta_20 = s['rows']['beta_20']['vs']['ckagroup']['p']
-    adjusted, running = {}, 0.0
-    for rank, p in enumerate(ps):
-        running = max(running, min(1.0, (5 - rank) * p))
-        adjusted[p] = running
-    assert f'Holm {adjusted[beta_20]:.3f} over the grid\'s five comparisons with beta 5' in README
+    assert f'Holm {holm_by_hand(ps)[ps.index(beta_20)]:.3f} over the grid\'s five comparisons with beta 5' in README
 
 
 def test_flow_table():
@@ -113,19 +153,32 @@ def test_flow_table():
     assert header[:3] == ['comparison', 'rows', 'Pearson r, flow CKA vs top-1']
     studies = {'resnet56 -> resnet8, 30 epochs': 'resnet56_resnet8',
                'resnet32 -> MobileNetV2, 30 epochs': 'resnet32_mobilenetv2',
-               'resnet56 -> resnet8, 60 epochs': 'resnet56_resnet8_long', 'sensitivity grid': 'resnet56_resnet8_sensitivity'}
+               'resnet56 -> resnet8, 60 epochs': 'resnet56_resnet8_long', 'sensitivity grid': 'resnet56_resnet8_sensitivity',
+               'resnet56 -> resnet8, 30 epochs (family comparison)': FAMILY}
+    # Pearson r needed for p < 0.05, two-sided, n points (standard tables of critical r, df = n - 2)
+    critical = {5: '0.88', 6: '0.81', 9: '0.67', 12: '0.58'}
     assert [r[0] for r in rows] == list(studies)
-    for name, count, r, _ in rows:
+    for name, count, r, needed in rows:
         s = summary(studies[name])
         assert count == str(len(s['rows'])) and r.startswith(f'{s["flow_vs_accuracy_pearson_over_rows"]:.2f}'), name
+        if len(s['rows']) in critical:
+            assert needed.startswith(critical[len(s['rows'])]), name
+        if 'without the CKA term' in r:  # the same r over the rows of other methods, by hand
+            others = [row for name_, row in s['rows'].items() if not name_.startswith('ckagroup')]
+            assert len(others) == 9 and needed.endswith(f'(nine rows: {critical[9]})')
+            assert r.endswith(f'over the nine rows without the CKA term {pearson_by_hand(others):.2f})'), name
         if 'over the four ckagroup rows' in r:  # the same r without the reference row, by hand
             others = [row for row in s['rows'].values() if row['seeds'] and row is not s['rows'][s['reference']]]
             assert len(others) == 4
-            xs, ys = [o['flow_cka'] for o in others], [o['top1']['mean'] for o in others]
-            mx, my = sum(xs) / 4, sum(ys) / 4
-            pearson = (sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-                       / (sum((x - mx) ** 2 for x in xs) * sum((y - my) ** 2 for y in ys)) ** 0.5)
-            assert r.endswith(f'over the four ckagroup rows {pearson:.2f})'), name
+            assert r.endswith(f'over the four ckagroup rows {pearson_by_hand(others):.2f})'), name
+
+
+def pearson_by_hand(rows: list) -> float:
+    """Pearson r of the rows' flow CKA and mean top-1."""
+    xs, ys = [o['flow_cka'] for o in rows], [o['top1']['mean'] for o in rows]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return (sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+            / (sum((x - mx) ** 2 for x in xs) * sum((y - my) ** 2 for y in ys)) ** 0.5)
 
 
 def test_step_cost_table():
@@ -144,3 +197,69 @@ def test_step_cost_table():
     # every row of the family comparison is in the table, at the ratio its summary shows
     assert set(ratios) == set(s['rows']) - {'kd'} and all(s['rows'][r]['step_cost'] == ratios[r] for r in ratios)
     assert len(header) - 1 + 2 == len(ratios)  # ckagroup's three rows share one column
+
+
+def family_pair_answer(study: str) -> str:
+    """The README's per-pair answer, as it must read from the headline's verdicts."""
+    h = summary(study)['headline_vs_methods']
+    phrases = {'ahead': 'ahead of', 'behind': 'behind', 'no difference found': 'no difference found against'}
+    groups = {phrase: [row for row, d in h['rows'].items() if d['verdict'] == verdict]
+              for verdict, phrase in phrases.items()}
+    return '; '.join(f'{phrase} {", ".join(rows)}' for phrase, rows in groups.items() if rows)
+
+
+def test_family_ranked_table():
+    header, *rows = table_after('Does ckagroup beat the family\'s methods?')
+    assert header == ['rank', 'row', 'top-1, seeds 0-4', 'vs KD', 'Holm p', 'verdict', 'step / KD']
+    s = summary(FAMILY)
+    order = sorted(s['rows'], key=lambda row: -s['rows'][row]['top1']['mean'])
+    assert [r[1] for r in rows] == order and [r[0] for r in rows] == [str(i + 1) for i in range(len(order))]
+    for _, row, top1, against, holm, verdict, cost in rows:
+        r = s['rows'][row]
+        assert r['seeds'] == [0, 1, 2, 3, 4] and top1 == f'{r["top1"]["mean"]:.2f} ± {r["top1"]["std"]:.2f}', row
+        if row == s['reference']:
+            assert (against, holm, verdict, cost) == ('–', '–', '–', '1.00')
+        else:
+            d = r['vs'][s['reference']]
+            assert (against, holm, verdict, cost) == (interval(d), p_text(d['holm_p']), r['verdict'],
+                                                      f'{r["step_cost"]:.2f}'), row
+
+
+def test_family_headline_table():
+    header, *rows = table_after('Head to head:')
+    h = summary(FAMILY)['headline_vs_methods']
+    assert header == ['row', f'{h["headline"]} - row', 'Holm p', 'seeds ahead', f'verdict for {h["headline"]}']
+    assert [r[0] for r in rows] == list(h['rows'])
+    for row, difference, holm, ahead, verdict in rows:
+        d = h['rows'][row]
+        assert d['n'] == 5 and (difference, holm, ahead, verdict) == (interval(d), p_text(d['holm_p']),
+                                                                      f'{d["ahead"]}/{d["n"]}', d['verdict']), row
+    text = ' '.join(README.split())
+    assert f'resnet56 -> resnet8: {family_pair_answer(FAMILY)}.' in text
+    assert f'The margin over AT is thin (Holm {p_text(h["rows"]["attention"]["holm_p"])})' in text
+
+
+def test_repeats_paragraph():
+    """Item 5: the family comparison's repeats of the first pair's seeds, per seed and summarised."""
+    start = README.index('**Do the runs reproduce?**')
+    paragraph = ' '.join(README[start:README.index('\n\n', start)].split())
+    repeats = summary(FAMILY)['repeats']
+    assert set(repeats) == {'kd', 'ckagroup_b5'}
+    for row, r in repeats.items():
+        assert sorted(r['seeds'], key=int) == ['0', '1', '2', '3', '4'], row
+        differences = ', '.join(f'{r["seeds"][seed]["difference"]:+.2f}' for seed in '01234')
+        assert f'{row} {differences}' in paragraph, row
+        assert f'{row} {interval(r["shift"])}, p {p_text(r["shift"]["p"])}' in paragraph, row
+        assert f'{row} {r["rms_difference"]:.2f} against {r["different_seeds_rms"]:.2f}' in paragraph, row
+    above = sum(abs(v['difference']) > 0.5 for r in repeats.values() for v in r['seeds'].values())
+    assert f'{above} of the 10 differences exceed 0.5 points' in paragraph
+
+
+def test_results_index_compares_beta_5_against_kd_in_both_comparisons():
+    with open(os.path.join(ROOT, 'docs', 'results', 'README.md'), encoding='utf-8') as f:
+        text = ' '.join(f.read().split())
+    for study, row, tests in ((FAMILY, 'ckagroup_b5', 11), ('resnet56_resnet8', 'ckagroup', 4)):
+        s = summary(study)
+        d = s['rows'][row]['vs']['kd']
+        assert s['family_of_tests']['tests'] == tests
+        assert f'{interval(d)}, Holm {p_text(d["holm_p"])} over' in text, study
