@@ -167,6 +167,8 @@ class Trainer:
                    'last_top5': self.history[-1]['test/top5'] if self.history else None,
                    'epochs': len(self.history)}
         if self.test_loader is not None:
+            for module in self.eval_modules:  # also when a finished run is reopened (no epoch ran)
+                module.eval()
             final = validate(self.predict, self.test_loader, self.device, self.step_options)
             summary.update(test_top1=final['top1'], test_top5=final['top5'], test_images=self.test_images)
         if collectives.world_size() > 1:

@@ -173,10 +173,11 @@ def test_held_out_curves_leave_the_test_set_to_one_final_evaluation(fast_teacher
     float64 evaluation of the saved checkpoint over every test image."""
     import models
     from dataset import build_datasets
-    summary = run_student(['--dataset', 'synthetic', '--train_per_class', '10', '--val_split_per_class', '5',
-                           '--batch_size', '25', '--num_workers', '0', '--device', 'cpu', '--print_freq', '100',
-                           '--path_t', str(fast_teacher), '--model_s', 'resnet8', '--distill', 'kd',
-                           '--epochs', '1', '--save_dir', str(tmp_path), *loader])
+    argv = ['--dataset', 'synthetic', '--train_per_class', '10', '--val_split_per_class', '5',
+            '--batch_size', '25', '--num_workers', '0', '--device', 'cpu', '--print_freq', '100',
+            '--path_t', str(fast_teacher), '--model_s', 'resnet8', '--distill', 'kd',
+            '--epochs', '1', '--save_dir', str(tmp_path), *loader]
+    summary = run_student(argv)
     out = capsys.readouterr().out
     epoch_lines = [line for line in out.splitlines() if line.startswith('epoch 1:')]
     assert len(epoch_lines) == 1 and 'held-out top1' in epoch_lines[0] and 'test top1' not in epoch_lines[0]
@@ -193,6 +194,8 @@ def test_held_out_curves_leave_the_test_set_to_one_final_evaluation(fast_teacher
     assert f'test top1 of the last epoch\'s weights {summary["test_top1"]:.2f}' in out
     saved = json.loads((run_dir / 'summary.json').read_text())
     assert saved['test_top1'] == summary['test_top1']
+    # a finished run reopened trains no epoch and evaluates the same weights (in eval mode) again
+    assert run_student(argv + ['--resume'])['test_top1'] == summary['test_top1']
 
 
 def test_curves_on_test_images_add_no_second_test_evaluation(fast_teacher, tmp_path):
