@@ -263,3 +263,13 @@ def test_results_index_compares_beta_5_against_kd_in_both_comparisons():
         d = s['rows'][row]['vs']['kd']
         assert s['family_of_tests']['tests'] == tests
         assert f'{interval(d)}, Holm {p_text(d["holm_p"])} over' in text, study
+
+
+def test_cross_family_step_costs():
+    with open(os.path.join(ROOT, 'docs', 'results', 'resnet32_mobilenetv2_family', 'cost.json')) as f:
+        cost = json.load(f)
+    ratio = {row: f'{timed["ratio"]:.2f}' for row, timed in cost['rows'].items()}
+    assert 'AVX2' in cost['machine'] and cost['order'] == 'alternating'
+    assert (f'hint {ratio["hint"]}, attention {ratio["attention"]}, srrl {ratio["srrl"]}, ckagroup beta 20 '
+            f'{ratio["ckagroup_b20"]} with CKA groups and {ratio["ckagroup_b20_even"]} with even groups'
+            in ' '.join(README.split()))
