@@ -202,15 +202,20 @@ class StudyRunner:
         if not os.path.exists(path):
             return None
         record = read_json(path)
-        if record['fingerprint'] != fingerprint(['teacher ' + teacher['digest']] + self.student_argv(row, seed)):
+        if record['fingerprint'] != self._student_key(self.student_argv(row, seed), teacher):
             raise ConfigError(f'{path} was run with other settings; move it away (or pass another '
                               '--results) rather than mix it into this study')
         return record
 
+    @staticmethod
+    def _student_key(argv: List[str], teacher: dict) -> str:
+        """A student run's fingerprint: its arguments and its teacher's weights."""
+        return fingerprint(['teacher ' + teacher['digest']] + argv)
+
     def _student(self, row: str, seed: int, teacher: dict) -> dict:
         from helper.train import run_student
         argv = self.student_argv(row, seed)
-        key = fingerprint(['teacher ' + teacher['digest']] + argv)
+        key = self._student_key(argv, teacher)
         path = self.run_path(row, seed)
         earlier = self._reusable(key)
         if earlier:

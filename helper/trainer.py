@@ -126,6 +126,12 @@ class Trainer:
         self.objective.distribute(lambda module: collectives.wrap_ddp(module, find_unused))
         self._wrapped = True
 
+    def _evaluate(self, loader) -> dict:
+        """`validate` of the deployed prediction over `loader`, the student and distiller in eval mode."""
+        for module in self.eval_modules:
+            module.eval()
+        return validate(self.predict, loader, self.device, self.step_options)
+
     def fit(self, end_epoch_hook=None) -> dict:
         opt = self.opt
         self._distribute()
@@ -143,9 +149,7 @@ class Trainer:
                                 opt.print_freq, opt.epochs, step_options=self.step_options)
             collectives.broadcast_buffers(self.objective.module)
             extra = end_epoch_hook(epoch) if end_epoch_hook else {}
-            for module in self.eval_modules:
-                module.eval()
-            test = validate(self.predict, self.val_loader, self.device, self.step_options)
+            test = self._evaluate(self.val_loader)
             record = {'epoch': epoch, 'lr': lr, 'time': train.pop('time'),
                       **{f'train/{k}': v for k, v in train.items()},
                       **{f'test/{k}': v for k, v in test.items()}, **extra}
@@ -167,9 +171,7 @@ class Trainer:
                    'last_top5': self.history[-1]['test/top5'] if self.history else None,
                    'epochs': len(self.history)}
         if self.test_loader is not None:
-            for module in self.eval_modules:  # also when a finished run is reopened (no epoch ran)
-                module.eval()
-            final = validate(self.predict, self.test_loader, self.device, self.step_options)
+            final = self._evaluate(self.test_loader)  # also when a finished run is reopened (no epoch ran)
             summary.update(test_top1=final['top1'], test_top5=final['top5'], test_images=self.test_images)
         if collectives.world_size() > 1:
             summary['world_size'] = collectives.world_size()
