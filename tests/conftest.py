@@ -51,6 +51,19 @@ def save_teacher(folder, arch: str, *, record_arch: bool = False, num_classes: i
     return path, model
 
 
+def synthetic_test_top1(checkpoint, arch: str = 'resnet8') -> tuple:
+    """(top-1 in %, image count) of a student checkpoint over every image of the synthetic test set,
+    evaluated in float64 by the model alone: the reference a run's own test evaluation must meet."""
+    from dataset import build_datasets
+    student = models.build_model(arch, num_classes=10).double().eval()
+    student.load_state_dict(torch.load(checkpoint, weights_only=True)['model'])
+    test = build_datasets('synthetic').val
+    with torch.no_grad():
+        images = torch.stack([test[i][0] for i in range(len(test))]).double()
+        correct = (student(images).argmax(1) == torch.as_tensor(test.targets)).sum().item()
+    return 100.0 * correct / len(test), len(test)
+
+
 def student_options(*argv: str, **values):
     """train_student.py's options: every default from the parser (each method's own included),
     `argv` parsed and finished as train_student.py does, then `values` set as they are."""

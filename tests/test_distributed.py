@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, distillation, save_teacher, tiny_argv
+from conftest import ROOT, distillation, save_teacher, synthetic_test_top1, tiny_argv
 from crd.memory import ContrastMemory
 from helper import distributed
 from runtime import collectives
@@ -136,8 +136,6 @@ def test_final_test_evaluation_with_two_processes(teacher_path, tmp_path):
     """--val_split_per_class in a distributed run: the epochs evaluate the held-out split and the
     last weights are evaluated once on the full test set, each rank its ShardSampler part, the sums
     added: the result of one float64 evaluation of the saved checkpoint over every test image."""
-    import models
-    from dataset import build_datasets
     from helper.train import run_student
     save = tmp_path / 'save'
     at = TINY.index('--val_per_class')
@@ -146,14 +144,9 @@ def test_final_test_evaluation_with_two_processes(teacher_path, tmp_path):
                                       '--skip-validation', '--save_dir', str(save), '--data_on_device',
                                       '--multiprocessing-distributed', '--nproc', '2', '--dist-url', _store(tmp_path)])
     assert summary['world_size'] == 2 and summary['ranks_in_sync'] is True
-    student = models.build_model('resnet8', num_classes=10).double().eval()
-    student.load_state_dict(torch.load(_run_dir(save) / 'ckpt_last.pth', weights_only=True)['model'])
-    test = build_datasets('synthetic').val
-    with torch.no_grad():
-        images = torch.stack([test[i][0] for i in range(len(test))]).double()
-        correct = (student(images).argmax(1) == torch.as_tensor(test.targets)).sum().item()
-    assert summary['test_images'] == len(test)
-    assert summary['test_top1'] == pytest.approx(100.0 * correct / len(test), abs=1e-4)
+    top1, images = synthetic_test_top1(_run_dir(save) / 'ckpt_last.pth')
+    assert summary['test_images'] == images
+    assert summary['test_top1'] == pytest.approx(top1, abs=1e-4)
 
 
 # --------------------------------------------------------------------------- collectives

@@ -779,9 +779,7 @@ def test_the_cross_family_pair_takes_the_family_comparisons_three_best_methods()
     teacher, and the family comparison's student protocol with MobileNetV2 as the student."""
     family, cross = load_study('resnet56_resnet8_family'), load_study('resnet32_mobilenetv2_family')
     top1 = {}
-    for name in os.listdir(os.path.join(RESULTS, family.name, 'runs')):
-        with open(os.path.join(RESULTS, family.name, 'runs', name)) as f:
-            record = json.load(f)
+    for record in load_runs(os.path.join(RESULTS, family.name)):
         top1.setdefault(record['row'], {})[record['seed']] = record['test_top1_full']
     methods = [row for row in family.rows if family.method(row) not in ('kd', 'ckagroup')]
     assert all(sorted(top1[row]) == list(family.seeds) for row in methods)

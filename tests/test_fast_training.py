@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_argv
+from conftest import synthetic_test_top1, tiny_argv
 from helper.setup import prepare_model
 from helper.train import main, run_student, run_teacher
 from models.taps import FeatureTap
@@ -171,8 +171,6 @@ def test_held_out_curves_leave_the_test_set_to_one_final_evaluation(fast_teacher
     """With --val_split_per_class the epochs report held-out training images under that name, and
     the full test set is evaluated once, on the last epoch's weights; checked against a plain
     float64 evaluation of the saved checkpoint over every test image."""
-    import models
-    from dataset import build_datasets
     argv = ['--dataset', 'synthetic', '--train_per_class', '10', '--val_split_per_class', '5',
             '--batch_size', '25', '--num_workers', '0', '--device', 'cpu', '--print_freq', '100',
             '--path_t', str(fast_teacher), '--model_s', 'resnet8', '--distill', 'kd',
@@ -183,14 +181,9 @@ def test_held_out_curves_leave_the_test_set_to_one_final_evaluation(fast_teacher
     assert len(epoch_lines) == 1 and 'held-out top1' in epoch_lines[0] and 'test top1' not in epoch_lines[0]
     assert 'teacher resnet8 held-out top1' in out
     (run_dir,) = (tmp_path / 'students').iterdir()
-    student = models.build_model('resnet8', num_classes=10).double().eval()
-    student.load_state_dict(torch.load(run_dir / 'ckpt_last.pth', weights_only=True)['model'])
-    test = build_datasets('synthetic').val
-    with torch.no_grad():
-        images = torch.stack([test[i][0] for i in range(len(test))]).double()
-        correct = (student(images).argmax(1) == torch.as_tensor(test.targets)).sum().item()
-    assert summary['test_images'] == len(test) > 100
-    assert summary['test_top1'] == pytest.approx(100.0 * correct / len(test), abs=1e-4)
+    top1, images = synthetic_test_top1(run_dir / 'ckpt_last.pth')
+    assert summary['test_images'] == images > 100
+    assert summary['test_top1'] == pytest.approx(top1, abs=1e-4)
     assert f'test top1 of the last epoch\'s weights {summary["test_top1"]:.2f}' in out
     saved = json.loads((run_dir / 'summary.json').read_text())
     assert saved['test_top1'] == summary['test_top1']
