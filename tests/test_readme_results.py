@@ -22,6 +22,12 @@ def summary(study: str) -> dict:
         return json.load(f)
 
 
+def step_costs(study: str) -> dict:
+    """The study's committed step-cost pass (cost.json)."""
+    with open(os.path.join(ROOT, 'docs', 'results', study, 'cost.json')) as f:
+        return json.load(f)
+
+
 def table_after(question: str) -> list:
     """The rows (lists of cells) of the first markdown table after the paragraph starting with the
     bold `question`, its header row first."""
@@ -184,8 +190,7 @@ def pearson_by_hand(rows: list) -> float:
 def test_step_cost_table():
     header, *rows = table_after('What does each method\'s training step cost against KD?')
     s = summary('resnet56_resnet8_family')
-    with open(os.path.join(ROOT, 'docs', 'results', 'resnet56_resnet8_family', 'cost.json')) as f:
-        cost = json.load(f)
+    cost = step_costs('resnet56_resnet8_family')
     ratios = {row: timed['ratio'] for row, timed in cost['rows'].items()}
     assert len(rows) == 1 and rows[0][0] == 'CPU, AVX2' and 'AVX2' in cost['machine']
     for column, cell in zip(header[1:], rows[0][1:]):
@@ -266,8 +271,7 @@ def test_results_index_compares_beta_5_against_kd_in_both_comparisons():
 
 
 def test_cross_family_step_costs():
-    with open(os.path.join(ROOT, 'docs', 'results', 'resnet32_mobilenetv2_family', 'cost.json')) as f:
-        cost = json.load(f)
+    cost = step_costs('resnet32_mobilenetv2_family')
     ratio = {row: f'{timed["ratio"]:.2f}' for row, timed in cost['rows'].items()}
     assert 'AVX2' in cost['machine'] and cost['order'] == 'alternating'
     assert (f'hint {ratio["hint"]}, attention {ratio["attention"]}, srrl {ratio["srrl"]}, ckagroup beta 20 '
