@@ -203,13 +203,16 @@ def _term_needs_groups(opt, method) -> bool:
 
 
 def main(run, argv=None) -> int:
-    """Entry-script wrapper: user errors become one line on stderr and exit status 2; a rank of a
-    distributed run that died or crashed, one line and exit status 1."""
+    """Entry-script wrapper: user errors become one line on stderr and exit status 2 (under torchrun,
+    from rank 0 alone); a rank of a distributed run that died or crashed, one line and exit status 1."""
     try:
         run(argv)
     except ConfigError as exc:
-        if not getattr(exc, 'quiet', False):  # torchrun: rank 0 says what every rank found
-            print(f'error: {exc}', file=sys.stderr)
+        if getattr(exc, 'quiet', False):
+            # torchrun: rank 0 says what every rank found and fails the launch. Were this rank to
+            # fail too, torchrun could stop rank 0 before it prints.
+            return 0
+        print(f'error: {exc}', file=sys.stderr)
         return 2
     except DistributedFailure as exc:
         print(f'error: {exc}', file=sys.stderr)

@@ -357,6 +357,26 @@ def test_batch_that_does_not_divide_stops_both_launchers_with_one_line(teacher_p
     assert not (tmp_path / 'save').exists()  # stopped before anything was written
 
 
+@pytest.mark.parametrize('rank', [0, 1])
+def test_torchrun_rank_0_alone_fails_on_an_error_every_rank_finds(rank, teacher_path, tmp_path, capsys,
+                                                                   monkeypatch):
+    """Were rank 1 to exit non-zero as well, torchrun could stop rank 0 before it prints the line."""
+    from helper.train import main, run_student
+    for name, value in {'RANK': rank, 'LOCAL_RANK': rank, 'WORLD_SIZE': 2, 'LOCAL_WORLD_SIZE': 2,
+                        'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': 29500}.items():
+        monkeypatch.setenv(name, str(value))
+    odd = TINY + ['--batch_size', '31', '--path_t', str(teacher_path), '--model_s', 'resnet8',
+                  '--save_dir', str(tmp_path / 'save')]
+    status = main(run_student, odd)
+    err = capsys.readouterr().err.strip().splitlines()
+    if rank == 0:
+        assert status == 2 and err == ['error: --batch_size 31 does not divide over the 2 processes per node; '
+                                       'give a multiple of 2']
+    else:
+        assert status == 0 and err == []
+    assert not (tmp_path / 'save').exists()
+
+
 def _dying_worker(rank, url):
     distributed.init_process('cpu', rank, 2, rank, url, 'test', 60)
     if rank == 1:
