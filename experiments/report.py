@@ -47,6 +47,9 @@ def markdown(study: Study, summary: dict) -> str:
     if users:
         lines += ['', 'CKA-term code (sha256 of every .py under cka/ and of the ckagroup code, first 12 digits): '
                   + '; '.join(f'{version[:12]}: {", ".join(rows)}' for version, rows in sorted(users.items()))]
+    lines += ['', 'Trained on (CPU model or GPU, torch CPU capability, precision): '
+              + '; '.join(f'{setting}: ' + ', '.join(f'{row} {_seeds(seeds)}' for row, seeds in rows.items())
+                          for setting, rows in summary['trained_on'].items())]
     lines += ['', ranked(summary, reference)]
     if summary.get('headline_vs_methods'):
         lines += ['', headline_table(summary['headline_vs_methods'])]
@@ -130,6 +133,14 @@ def repeats_table(repeats: dict) -> str:
 def _teacher_curve_images(study: Study) -> str:
     count = study.teacher.val_per_class
     return f'the first {count} test images per class' if count else 'the full test set'
+
+
+def _seeds(seeds: list) -> str:
+    """'seed 0', 'seeds 0-4' for a run of consecutive seeds, else 'seeds 0, 2'."""
+    if len(seeds) == 1:
+        return f'seed {seeds[0]}'
+    consecutive = seeds == list(range(seeds[0], seeds[-1] + 1))
+    return f'seeds {seeds[0]}-{seeds[-1]}' if consecutive else 'seeds ' + ', '.join(map(str, seeds))
 
 
 def _pm(summary: dict) -> str:

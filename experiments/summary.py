@@ -121,18 +121,31 @@ def _row_summary(study: Study, row: str, runs: dict, accuracy: dict, cka_groups:
             'cka_code_hashes': sorted({r['cka_code_hash'] for r in runs.values() if 'cka_code_hash' in r}) or None}
 
 
-def run_setting(record: dict) -> str:
-    """What a raw record says about where and how it trained: CPU model (or GPU), capability,
-    precision, and the CKA-term code version."""
+def machine_setting(record: dict) -> str:
+    """Where and how a raw record trained: CPU model (or GPU), torch's CPU capability, precision
+    (float32 rounds differently on other kernels, so a rerun elsewhere is not bit-identical)."""
     device = record.get('device')
     if device is None:  # records before devices were recorded
         where = 'device not recorded'
     else:
         where = device if device != 'cpu' else record.get('cpu_model', 'CPU model not recorded')
     precision = 'bf16 --amp' if '--amp' in record['argv'] else 'float32'
+    return f'{where}, {record.get("torch_cpu_capability", "capability not recorded")}, {precision}'
+
+
+def run_setting(record: dict) -> str:
+    """`machine_setting` and the CKA-term code version."""
     code = record.get('cka_code_hash')
-    return (f'{where}, {record.get("torch_cpu_capability", "capability not recorded")}, {precision}, '
-            f'CKA code {code[:12] if code else "not recorded"}')
+    return f'{machine_setting(record)}, CKA code {code[:12] if code else "not recorded"}'
+
+
+def trained_on(by_row: dict) -> dict:
+    """setting (`machine_setting`) -> row -> the seeds of that row's runs that trained there."""
+    settings = {}
+    for row, runs in by_row.items():
+        for seed in sorted(runs):
+            settings.setdefault(machine_setting(runs[seed]), {}).setdefault(row, []).append(seed)
+    return dict(sorted(settings.items()))
 
 
 def argument_differences(argv: Sequence[str], earlier_argv: Sequence[str]) -> List[str]:
@@ -245,7 +258,7 @@ def summarise(study: Study, teacher: dict, records: List[dict], out: str, result
         'headline': study.headline, 'curves_and_flow_on': curves_and_flow_images(study),
         'family_of_tests': {'against': reference, 'tests': declared,
                             'adjustment': 'Holm', 'alpha': ALPHA},
-        'rows': rows,
+        'rows': rows, 'trained_on': trained_on(by_row),
         'flow_vs_accuracy_pearson_over_rows': stats.pearson([rows[r]['flow_cka'] for r in flow_rows],
                                                             [rows[r]['top1']['mean'] for r in flow_rows])}
     if len({tuple(r['seeds']) for r in rows.values()}) > 1:  # a study under way: rank on shared seeds

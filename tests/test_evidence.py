@@ -485,7 +485,7 @@ def test_plateau_slopes_and_flow_cka_by_hand():
 
 def _fake_run(row, seed, top1, curve, groups=None, split='cka'):
     return {'row': row, 'seed': seed, 'test_top1_full': top1, 'curve': curve, 'epoch_seconds': 1.0,
-            'teacher_groups': groups, 'teacher_split': split, 'monitor_matrix': None}
+            'teacher_groups': groups, 'teacher_split': split, 'monitor_matrix': None, 'argv': []}
 
 
 TEACHER = {'model': 'resnet56', 'epochs': 3, 'train_images': 50000, 'test_top1_full': 90.0,
@@ -547,6 +547,25 @@ def test_summary_from_raw_runs_by_hand(tmp_path):
     assert 'rank' in table and 'Ranked by mean top-1 over seeds 0, 1, which every row has' in table
     assert json.load(open(tmp_path / 'summary.json'))['rows']['kd']['seeds'] == [0, 1, 2]
     assert (tmp_path / 'curves.png').stat().st_size > 0 and (tmp_path / 'forest.png').stat().st_size > 0
+
+
+def test_the_summary_says_where_each_run_trained(tmp_path):
+    """A study whose seeds ran on two machines (float32 rounds differently there) says which runs
+    ran where, in summary.json and in summary.md."""
+    study = with_budget(load_study('resnet56_resnet8'), seeds=(0, 1, 2))
+    amd = {'device': 'cpu', 'cpu_model': 'AMD EPYC', 'torch_cpu_capability': 'AVX2'}
+    xeon = {'device': 'cpu', 'cpu_model': 'Intel(R) Xeon(R) Processor', 'torch_cpu_capability': 'AVX512'}
+    where = {('kd', 0): amd, ('kd', 1): amd, ('kd', 2): xeon, ('ckagroup', 0): amd, ('ckagroup', 2): xeon}
+    records = [dict(_fake_run(row, s, 60.0 + s, [60.0]), **machine) for (row, s), machine in where.items()]
+    records.append(dict(_fake_run('ckagroup', 1, 61.0, [61.0]), argv=['--amp']))  # before machines were recorded
+    summary = summarise(study, TEACHER, records, str(tmp_path))
+    assert summary['trained_on'] == {
+        'AMD EPYC, AVX2, float32': {'kd': [0, 1], 'ckagroup': [0]},
+        'Intel(R) Xeon(R) Processor, AVX512, float32': {'kd': [2], 'ckagroup': [2]},
+        'device not recorded, capability not recorded, bf16 --amp': {'ckagroup': [1]}}
+    assert ('Trained on (CPU model or GPU, torch CPU capability, precision): AMD EPYC, AVX2, float32: kd seeds 0-1, '
+            'ckagroup seed 0; Intel(R) Xeon(R) Processor, AVX512, float32: kd seed 2, ckagroup seed 2; device not '
+            'recorded, capability not recorded, bf16 --amp: ckagroup seed 1') in open(tmp_path / 'summary.md').read()
 
 
 def test_while_rows_have_different_seeds_the_ranking_uses_the_seeds_every_row_has(tmp_path):
