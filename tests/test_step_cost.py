@@ -100,7 +100,7 @@ def test_row_costs_are_ratios_of_medians_against_the_reference(study, tmp_path):
     # the summary shows them beside the rows, the reference at 1
     (tmp_path / 'cost.json').write_text(json.dumps(costs))
     record = {'seed': 0, 'curve': [50.0], 'epoch_seconds': 1.0, 'teacher_groups': None, 'teacher_split': 'cka',
-              'monitor_matrix': None}
+              'monitor_matrix': None, 'argv': []}
     records = [dict(record, row=row, test_top1_full=top1) for row, top1 in (('kd', 50.0), ('crd', 51.0))]
     teacher = {'model': 'resnet8', 'epochs': 1, 'train_images': 60, 'test_top1_full': 40.0,
                'plateau_gain': None, 'seconds': 1.0}
