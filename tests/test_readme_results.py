@@ -4,6 +4,8 @@ a regenerated summary or a mistyped cell fails instead of leaving a plausible wr
 import json
 import os
 
+import pytest
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()
@@ -12,9 +14,14 @@ PAIRS = {'resnet56 -> resnet8, 30': 'resnet56_resnet8', 'resnet32 -> MobileNetV2
          'resnet56 -> resnet8, 60': 'resnet56_resnet8_long',
          'resnet56 -> resnet8, 30 (sensitivity grid)': 'resnet56_resnet8_sensitivity'}
 FAMILY = 'resnet56_resnet8_family'
-# the family comparison's ckagroup rows where the first questions' tables show them, by their labels there
-FAMILY_ROWS = {'resnet56 -> resnet8, 30 (family comparison, beta 5)': 'ckagroup_b5',
-               'resnet56 -> resnet8, 30 (family comparison, beta 20)': 'ckagroup_b20'}
+CROSS = 'resnet32_mobilenetv2_family'
+# the family comparisons' ckagroup rows where the first questions' tables show them, by their labels there
+FAMILY_ROWS = {'resnet56 -> resnet8, 30 (family comparison, beta 5)': (FAMILY, 'ckagroup_b5'),
+               'resnet56 -> resnet8, 30 (family comparison, beta 20)': (FAMILY, 'ckagroup_b20'),
+               'resnet32 -> MobileNetV2, 30 (family comparison, beta 20)': (CROSS, 'ckagroup_b20')}
+# each family comparison's ranked table and head-to-head table, by the bold words that open them
+FAMILY_TABLES = [(FAMILY, 'Does ckagroup beat the family\'s methods?', 'Head to head:'),
+                 (CROSS, 'On resnet32 -> MobileNetV2', 'Head to head on resnet32 -> MobileNetV2:')]
 
 
 def summary(study: str) -> dict:
@@ -58,13 +65,14 @@ def seeds_text(seeds: list) -> str:
 
 
 def test_the_readme_names_every_comparison_it_transcribes():
-    assert set(PAIRS.values()) | {FAMILY} <= set(os.listdir(os.path.join(ROOT, 'docs', 'results')))
+    assert set(PAIRS.values()) | {FAMILY, CROSS} <= set(os.listdir(os.path.join(ROOT, 'docs', 'results')))
 
 
 def study_and_row(pair: str) -> tuple:
     """The summary a table row of the first questions transcribes, and its ckagroup row."""
     if pair in FAMILY_ROWS:
-        return summary(FAMILY), FAMILY_ROWS[pair]
+        study, row = FAMILY_ROWS[pair]
+        return summary(study), row
     s = summary(PAIRS[pair])
     return s, s['cka_row']
 
@@ -72,7 +80,7 @@ def study_and_row(pair: str) -> tuple:
 def test_cka_term_against_kd_table():
     header, *rows = table_after('Does the CKA term beat KD?')
     assert header == ['pair, student epochs', 'seeds', 'ckagroup - KD', 'p', 'Holm p', 'seeds ahead', 'verdict']
-    assert len(rows) == 6 and [r[0] for r in rows if r[0] in FAMILY_ROWS] == list(FAMILY_ROWS)
+    assert len(rows) == 7 and [r[0] for r in rows if r[0] in FAMILY_ROWS] == list(FAMILY_ROWS)
     for pair, seeds, difference, p, holm, ahead, verdict in rows:
         s, name = study_and_row(pair)
         row = s['rows'][name]
@@ -82,10 +90,11 @@ def test_cka_term_against_kd_table():
         assert (ahead, verdict) == (f'{d["ahead"]}/{d["n"]}', row['verdict']), pair
 
 
-def test_even_groups_against_kd_in_the_family_comparison():
-    even = summary(FAMILY)['rows']['ckagroup_b20_even']
-    assert even['verdict'] == 'ahead'
-    assert (f'beta 20 with even groups in the family comparison (Holm {p_text(even["vs"]["kd"]["holm_p"])})'
+def test_even_groups_against_kd_in_the_family_comparisons():
+    even, cross = (summary(study)['rows']['ckagroup_b20_even'] for study in (FAMILY, CROSS))
+    assert even['verdict'] == cross['verdict'] == 'ahead'
+    assert (f'beta 20 with even groups in the family comparison (Holm {p_text(even["vs"]["kd"]["holm_p"])}) and '
+            f'on resnet32 -> MobileNetV2 in its family comparison (Holm {p_text(cross["vs"]["kd"]["holm_p"])})'
             in ' '.join(README.split()))
 
 
@@ -94,8 +103,8 @@ def test_grouping_table():
     columns = {'even - CKA groups': 'even_groups', 'random - CKA groups': 'random_groups',
                'one group - CKA groups': 'one_group'}
     assert header == ['pair, student epochs, seeds', *columns]
-    assert len(rows) == 4
-    # the family comparison's grouping row: beta 20 with even groups against beta 20 with CKA groups
+    assert len(rows) == 5
+    # the family comparisons' grouping rows: beta 20 with even groups against beta 20 with CKA groups
     family_columns = {'even - CKA groups': 'ckagroup_b20_even'}
     for pair_seeds, *cells in rows:
         pair, seeds = pair_seeds.rsplit(', ', 1)
@@ -118,14 +127,18 @@ def holm_by_hand(ps: list) -> list:
 
 
 def test_grouping_table_holm_over_its_comparisons():
-    # the README adjusts the family comparison's even-minus-CKA p over the table's eight comparisons
+    # the README adjusts the family comparisons' even-minus-CKA p over the table's nine comparisons
     tests = [(PAIRS['resnet56 -> resnet8, 30'], r) for r in ('even_groups', 'random_groups', 'one_group')]
     tests += [(PAIRS['resnet32 -> MobileNetV2, 30'], r) for r in ('even_groups', 'random_groups', 'one_group')]
-    tests += [(PAIRS['resnet56 -> resnet8, 60'], 'even_groups'), (FAMILY, 'ckagroup_b20_even')]
+    tests += [(PAIRS['resnet56 -> resnet8, 60'], 'even_groups'), (FAMILY, 'ckagroup_b20_even'),
+              (CROSS, 'ckagroup_b20_even')]
     ps = [summary(study)['rows'][row]['vs'][summary(study)['cka_row']]['p'] for study, row in tests]
     adjusted = holm_by_hand(ps)
-    assert f'with p = {p_text(ps[-1])} unadjusted (Holm {adjusted[-1]:.3f} over the table\'s eight comparisons: ' \
-           f'no difference found)' in ' '.join(README.split())
+    text = ' '.join(README.split())
+    assert f'with p = {p_text(ps[-2])} unadjusted (Holm {adjusted[-2]:.3f} over the table\'s nine comparisons: ' \
+           f'no difference found)' in text
+    cross = summary(CROSS)['rows']['ckagroup_b20_even']['vs']['ckagroup_b20']
+    assert f'{interval(cross)} (p = {p_text(ps[-1])}, Holm {adjusted[-1]:.3f})' in text
     assert min(adjusted) >= 0.05
 
 
@@ -160,7 +173,8 @@ def test_flow_table():
     studies = {'resnet56 -> resnet8, 30 epochs': 'resnet56_resnet8',
                'resnet32 -> MobileNetV2, 30 epochs': 'resnet32_mobilenetv2',
                'resnet56 -> resnet8, 60 epochs': 'resnet56_resnet8_long', 'sensitivity grid': 'resnet56_resnet8_sensitivity',
-               'resnet56 -> resnet8, 30 epochs (family comparison)': FAMILY}
+               'resnet56 -> resnet8, 30 epochs (family comparison)': FAMILY,
+               'resnet32 -> MobileNetV2, 30 epochs (family comparison)': CROSS}
     # Pearson r needed for p < 0.05, two-sided, n points (standard tables of critical r, df = n - 2)
     critical = {5: '0.88', 6: '0.81', 9: '0.67', 12: '0.58'}
     assert [r[0] for r in rows] == list(studies)
@@ -213,10 +227,11 @@ def family_pair_answer(study: str) -> str:
     return '; '.join(f'{phrase} {", ".join(rows)}' for phrase, rows in groups.items() if rows)
 
 
-def test_family_ranked_table():
-    header, *rows = table_after('Does ckagroup beat the family\'s methods?')
+@pytest.mark.parametrize('study, ranked, head_to_head', FAMILY_TABLES)
+def test_family_ranked_table(study, ranked, head_to_head):
+    header, *rows = table_after(ranked)
     assert header == ['rank', 'row', 'top-1, seeds 0-4', 'vs KD', 'Holm p', 'verdict', 'step / KD']
-    s = summary(FAMILY)
+    s = summary(study)
     order = sorted(s['rows'], key=lambda row: -s['rows'][row]['top1']['mean'])
     assert [r[1] for r in rows] == order and [r[0] for r in rows] == [str(i + 1) for i in range(len(order))]
     for _, row, top1, against, holm, verdict, cost in rows:
@@ -230,17 +245,27 @@ def test_family_ranked_table():
                                                       f'{r["step_cost"]:.2f}'), row
 
 
-def test_family_headline_table():
-    header, *rows = table_after('Head to head:')
-    h = summary(FAMILY)['headline_vs_methods']
+@pytest.mark.parametrize('study, ranked, head_to_head', FAMILY_TABLES)
+def test_family_headline_table(study, ranked, head_to_head):
+    header, *rows = table_after(head_to_head)
+    h = summary(study)['headline_vs_methods']
     assert header == ['row', f'{h["headline"]} - row', 'Holm p', 'seeds ahead', f'verdict for {h["headline"]}']
     assert [r[0] for r in rows] == list(h['rows'])
     for row, difference, holm, ahead, verdict in rows:
         d = h['rows'][row]
         assert d['n'] == 5 and (difference, holm, ahead, verdict) == (interval(d), p_text(d['holm_p']),
                                                                       f'{d["ahead"]}/{d["n"]}', d['verdict']), row
+
+
+def test_the_answer_per_pair():
     text = ' '.join(README.split())
-    assert f'resnet56 -> resnet8: {family_pair_answer(FAMILY)}.' in text
+    for study, pair in ((FAMILY, 'resnet56 -> resnet8'), (CROSS, 'resnet32 -> MobileNetV2')):
+        assert f'{pair}: {family_pair_answer(study)}.' in text, pair
+
+
+def test_thin_margin_over_attention():
+    h = summary(FAMILY)['headline_vs_methods']
+    text = ' '.join(README.split())
     assert f'The margin over AT is thin (Holm {p_text(h["rows"]["attention"]["holm_p"])})' in text
 
 
