@@ -261,6 +261,13 @@ def test_the_answer_per_pair():
     text = ' '.join(README.split())
     for study, pair in ((FAMILY, 'resnet56 -> resnet8'), (CROSS, 'resnet32 -> MobileNetV2')):
         assert f'{pair}: {family_pair_answer(study)}.' in text, pair
+    # FitNet against the headline, in the prose: level on the first pair, ahead on the cross pair
+    level = summary(FAMILY)['headline_vs_methods']['rows']['hint']
+    assert f'FitNet the closest, {interval(level)} for the headline: no difference found' in text
+    behind = summary(CROSS)['headline_vs_methods']['rows']['hint']
+    assert behind['verdict'] == 'behind' and behind['ahead'] == 0 and behind['n'] == 5
+    by = f'{-behind["mean"]:.2f} [{-behind["high"]:.2f}, {-behind["low"]:.2f}] points'
+    assert f'behind FitNet by {by}, on every seed' in text and f'only FitNet is, by {by} on all five seeds' in text
 
 
 def test_thin_margin_over_attention():
