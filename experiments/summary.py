@@ -210,14 +210,15 @@ def repeated_runs(study: Study, by_row: dict, results_root: str) -> dict:
         if name not in earlier_records:
             earlier_records[name] = load_runs(os.path.join(results_root, name))
         runs = {r['seed']: r for r in earlier_records[name] if r['row'] == earlier_row}
+        mine = by_row.get(row, {})
+        top1, earlier_top1 = ({s: r['test_top1_full'] for s, r in rs.items()} for rs in (mine, runs))
         repeats[row] = {'of': earlier, 'seeds': {
-            str(seed): {'top1': run['test_top1_full'], 'earlier_top1': runs[seed]['test_top1_full'],
-                        'difference': run['test_top1_full'] - runs[seed]['test_top1_full'],
+            str(seed): {'top1': top1[seed], 'earlier_top1': earlier_top1[seed],
+                        'difference': top1[seed] - earlier_top1[seed],
                         'setting': run_setting(run), 'earlier_setting': run_setting(runs[seed]),
                         'argument_differences': argument_differences(run['argv'], runs[seed]['argv'])}
-            for seed, run in sorted(by_row.get(row, {}).items()) if seed in runs}}
-        repeats[row].update(repeat_spread({s: r['test_top1_full'] for s, r in by_row.get(row, {}).items()},
-                                          {s: r['test_top1_full'] for s, r in runs.items()}))
+            for seed, run in sorted(mine.items()) if seed in runs}}
+        repeats[row].update(repeat_spread(top1, earlier_top1))
     return repeats
 
 
