@@ -15,10 +15,12 @@ PAIRS = {'resnet56 -> resnet8, 30': 'resnet56_resnet8', 'resnet32 -> MobileNetV2
          'resnet56 -> resnet8, 30 (sensitivity grid)': 'resnet56_resnet8_sensitivity'}
 FAMILY = 'resnet56_resnet8_family'
 CROSS = 'resnet32_mobilenetv2_family'
+SECOND_TEACHER = 'resnet56_resnet8_teacher_seed1'
 # the family comparisons' ckagroup rows where the first questions' tables show them, by their labels there
 FAMILY_ROWS = {'resnet56 -> resnet8, 30 (family comparison, beta 5)': (FAMILY, 'ckagroup_b5'),
                'resnet56 -> resnet8, 30 (family comparison, beta 20)': (FAMILY, 'ckagroup_b20'),
-               'resnet32 -> MobileNetV2, 30 (family comparison, beta 20)': (CROSS, 'ckagroup_b20')}
+               'resnet32 -> MobileNetV2, 30 (family comparison, beta 20)': (CROSS, 'ckagroup_b20'),
+               'resnet56 -> resnet8, 30 (second teacher, beta 20)': (SECOND_TEACHER, 'ckagroup_b20')}
 # each family comparison's ranked table and head-to-head table, by the bold words that open them
 RANKED_TABLES = [(FAMILY, 'Does ckagroup beat the family\'s methods?'), (CROSS, 'On resnet32 -> MobileNetV2')]
 HEAD_TO_HEAD_TABLES = [(FAMILY, 'Head to head:'), (CROSS, 'Head to head on resnet32 -> MobileNetV2:')]
@@ -65,7 +67,7 @@ def seeds_text(seeds: list) -> str:
 
 
 def test_the_readme_names_every_comparison_it_transcribes():
-    assert set(PAIRS.values()) | {FAMILY, CROSS} <= set(os.listdir(os.path.join(ROOT, 'docs', 'results')))
+    assert set(PAIRS.values()) | {FAMILY, CROSS, SECOND_TEACHER} <= set(os.listdir(os.path.join(ROOT, 'docs', 'results')))
 
 
 def study_and_row(pair: str) -> tuple:
@@ -80,7 +82,7 @@ def study_and_row(pair: str) -> tuple:
 def test_cka_term_against_kd_table():
     header, *rows = table_after('Does the CKA term beat KD?')
     assert header == ['pair, student epochs', 'seeds', 'ckagroup - KD', 'p', 'Holm p', 'seeds ahead', 'verdict']
-    assert len(rows) == 7 and [r[0] for r in rows if r[0] in FAMILY_ROWS] == list(FAMILY_ROWS)
+    assert len(rows) == 8 and [r[0] for r in rows if r[0] in FAMILY_ROWS] == list(FAMILY_ROWS)
     for pair, seeds, difference, p, holm, ahead, verdict in rows:
         s, name = study_and_row(pair)
         row = s['rows'][name]
@@ -91,11 +93,11 @@ def test_cka_term_against_kd_table():
 
 
 def test_even_groups_against_kd_in_the_family_comparisons():
-    even, cross = (summary(study)['rows']['ckagroup_b20_even'] for study in (FAMILY, CROSS))
-    assert even['verdict'] == cross['verdict'] == 'ahead'
-    assert (f'beta 20 with even groups in the family comparison (Holm {p_text(even["vs"]["kd"]["holm_p"])}) and '
-            f'on resnet32 -> MobileNetV2 in its family comparison (Holm {p_text(cross["vs"]["kd"]["holm_p"])})'
-            in ' '.join(README.split()))
+    even, cross, second = (summary(study)['rows']['ckagroup_b20_even'] for study in (FAMILY, CROSS, SECOND_TEACHER))
+    assert even['verdict'] == cross['verdict'] == second['verdict'] == 'ahead'
+    assert (f'beta 20 with even groups in the family comparison (Holm {p_text(even["vs"]["kd"]["holm_p"])}), '
+            f'on resnet32 -> MobileNetV2 in its family comparison (Holm {p_text(cross["vs"]["kd"]["holm_p"])}) and '
+            f'on the second teacher (Holm {p_text(second["vs"]["kd"]["holm_p"])})' in ' '.join(README.split()))
 
 
 def test_grouping_table():
@@ -103,7 +105,7 @@ def test_grouping_table():
     columns = {'even - CKA groups': 'even_groups', 'random - CKA groups': 'random_groups',
                'one group - CKA groups': 'one_group'}
     assert header == ['pair, student epochs, seeds', *columns]
-    assert len(rows) == 5
+    assert len(rows) == 6
     # the family comparisons' grouping rows: beta 20 with even groups against beta 20 with CKA groups
     family_columns = {'even - CKA groups': 'ckagroup_b20_even'}
     for pair_seeds, *cells in rows:
@@ -127,18 +129,24 @@ def holm_by_hand(ps: list) -> list:
 
 
 def test_grouping_table_holm_over_its_comparisons():
-    # the README adjusts the family comparisons' even-minus-CKA p over the table's nine comparisons
+    # the README adjusts the even-minus-CKA p of the family comparisons and the second teacher over
+    # the table's ten comparisons
     tests = [(PAIRS['resnet56 -> resnet8, 30'], r) for r in ('even_groups', 'random_groups', 'one_group')]
     tests += [(PAIRS['resnet32 -> MobileNetV2, 30'], r) for r in ('even_groups', 'random_groups', 'one_group')]
     tests += [(PAIRS['resnet56 -> resnet8, 60'], 'even_groups'), (FAMILY, 'ckagroup_b20_even'),
-              (CROSS, 'ckagroup_b20_even')]
+              (CROSS, 'ckagroup_b20_even'), (SECOND_TEACHER, 'ckagroup_b20_even')]
     ps = [summary(study)['rows'][row]['vs'][summary(study)['cka_row']]['p'] for study, row in tests]
     adjusted = holm_by_hand(ps)
+    family, cross, second = (len(tests) - 3, len(tests) - 2, len(tests) - 1)
     text = ' '.join(README.split())
-    assert f'with p = {p_text(ps[-2])} unadjusted (Holm {adjusted[-2]:.3f} over the table\'s nine comparisons: ' \
-           f'no difference found)' in text
-    cross = summary(CROSS)['rows']['ckagroup_b20_even']['vs']['ckagroup_b20']
-    assert f'{interval(cross)} (p = {p_text(ps[-1])}, Holm {adjusted[-1]:.3f})' in text
+    assert f'with p = {p_text(ps[family])} unadjusted (Holm {adjusted[family]:.3f} over the table\'s ten ' \
+           f'comparisons: no difference found)' in text
+    d = summary(CROSS)['rows']['ckagroup_b20_even']['vs']['ckagroup_b20']
+    assert f'{interval(d)} (p = {p_text(ps[cross])}, Holm {adjusted[cross]:.3f})' in text
+    d = summary(SECOND_TEACHER)['rows']['ckagroup_b20_even']['vs']['ckagroup_b20']
+    assert f'no difference is found: {interval(d)} (p = {p_text(ps[second])}, Holm {adjusted[second]:.3f})' in text
+    assert (f'even minus CKA groups is {interval(d)} (p = {p_text(ps[second])}, Holm {adjusted[second]:.3f} over '
+            f'the grouping table\'s ten comparisons)') in text
     assert min(adjusted) >= 0.05
 
 
@@ -174,9 +182,10 @@ def test_flow_table():
                'resnet32 -> MobileNetV2, 30 epochs': 'resnet32_mobilenetv2',
                'resnet56 -> resnet8, 60 epochs': 'resnet56_resnet8_long', 'sensitivity grid': 'resnet56_resnet8_sensitivity',
                'resnet56 -> resnet8, 30 epochs (family comparison)': FAMILY,
-               'resnet32 -> MobileNetV2, 30 epochs (family comparison)': CROSS}
+               'resnet32 -> MobileNetV2, 30 epochs (family comparison)': CROSS,
+               'resnet56 -> resnet8, 30 epochs (second teacher)': SECOND_TEACHER}
     # Pearson r needed for p < 0.05, two-sided, n points (standard tables of critical r, df = n - 2)
-    critical = {5: '0.88', 6: '0.81', 9: '0.67', 12: '0.58'}
+    critical = {3: '0.997', 5: '0.88', 6: '0.81', 9: '0.67', 12: '0.58'}
     assert [r[0] for r in rows] == list(studies)
     for name, count, r, needed in rows:
         s = summary(studies[name])
@@ -309,3 +318,57 @@ def test_cross_family_step_costs():
     assert (f'hint {ratio["hint"]}, attention {ratio["attention"]}, srrl {ratio["srrl"]}, ckagroup beta 20 '
             f'{ratio["ckagroup_b20"]} with CKA groups and {ratio["ckagroup_b20_even"]} with even groups'
             in ' '.join(README.split()))
+
+
+def test_most_similar_flow_is_not_the_most_accurate_row():
+    """The flow paragraph's list: in each 5-seed comparison with CKA groups, the row with the highest
+    flow CKA is the CKA-groups row, and the row named is the most accurate."""
+    named = {'resnet56_resnet8': 'even_groups', 'resnet32_mobilenetv2': 'random_groups',
+             FAMILY: 'ckagroup_b20_even', CROSS: 'hint', SECOND_TEACHER: 'ckagroup_b20_even'}
+    for study, most_accurate in named.items():
+        rows = summary(study)['rows']
+        assert all(r['seeds'] == [0, 1, 2, 3, 4] for r in rows.values()), study
+        flows = {name: r['flow_cka'] for name, r in rows.items() if r['flow_cka'] is not None}
+        assert max(flows, key=flows.get) == summary(study)['cka_row'], study
+        assert max(rows, key=lambda name: rows[name]['top1']['mean']) == most_accurate, study
+    text = ' '.join(README.split())
+    assert len(named) == 5
+    assert ('In the five 5-seed comparisons with CKA groups the row with the highest flow similarity (CKA groups) '
+            'is not the most accurate (even groups on resnet56 -> resnet8, in its family comparison and on the '
+            "second teacher, random groups on resnet32 -> MobileNetV2, FitNet in that pair's family comparison)"
+            in text)
+
+
+def block_ranges(groups: list) -> str:
+    """Teacher groups of block indices as the README writes them: '0-2, 3-9, 10-18, 19-27'."""
+    return ', '.join(f'{g[0]}-{g[-1]}' if len(g) > 1 else f'{g[0]}' for g in groups)
+
+
+def teacher_groups_by_seed(study: str) -> dict:
+    folder = os.path.join(ROOT, 'docs', 'results', study, 'runs')
+    groups = {}
+    for seed in range(5):
+        with open(os.path.join(folder, f'ckagroup_b20_seed{seed}.json')) as f:
+            groups[seed] = block_ranges(json.load(f)['teacher_groups'])
+    return groups
+
+
+def test_second_teacher_paragraph():
+    start = README.index('**Does the grouping verdict hold for another teacher?**')
+    text = ' '.join(README[start:README.index('\n\n', start)].split())
+    s, first = summary(SECOND_TEACHER), summary(FAMILY)
+    assert (s['teacher']['model'], s['teacher']['epochs']) == (first['teacher']['model'], first['teacher']['epochs'])
+    assert (f'({s["teacher"]["test_top1_full"]:.2f}% on the full test set after {s["teacher"]["epochs"]} epochs, '
+            f'the first {first["teacher"]["test_top1_full"]:.2f}%)') in text
+    assert list(s['trained_on']) == ['Intel(R) Xeon(R) Processor, AVX512, float32'] and 'Intel Xeon (AVX512)' in text
+    cka, even = (s['rows'][row]['vs']['kd'] for row in ('ckagroup_b20', 'ckagroup_b20_even'))
+    assert cka['ahead'] == even['ahead'] == cka['n'] == even['n'] == 5 and s['family_of_tests']['tests'] == 2
+    assert (f'(CKA groups {interval(cka)}, even groups {interval(even)}, Holm over the study\'s two tests '
+            f'{p_text(cka["holm_p"])} and {p_text(even["holm_p"])})') in text
+    # the teachers' CKA splits, read from the runs' records
+    first_groups, second_groups = teacher_groups_by_seed(FAMILY), teacher_groups_by_seed(SECOND_TEACHER)
+    assert set(first_groups.values()) == {'0-9, 10-18, 19-26, 27'}
+    assert 'first teacher\'s split its 28 block layers as 0-9, 10-18, 19-26 and 27 on every seed' in text
+    usual = {seed: g for seed, g in second_groups.items() if seed != 3}
+    assert set(usual.values()) == {'0-2, 3-9, 10-18, 19-27'} and 'the second\'s as 0-2, 3-9, 10-18 and 19-27' in text
+    assert f'({second_groups[3]} on seed 3)' in text
