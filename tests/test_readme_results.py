@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from experiments.summary import load_runs
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()
@@ -135,9 +137,12 @@ def test_grouping_table_holm_over_its_comparisons():
     tests += [(PAIRS['resnet32 -> MobileNetV2, 30'], r) for r in ('even_groups', 'random_groups', 'one_group')]
     tests += [(PAIRS['resnet56 -> resnet8, 60'], 'even_groups'), (FAMILY, 'ckagroup_b20_even'),
               (CROSS, 'ckagroup_b20_even'), (SECOND_TEACHER, 'ckagroup_b20_even')]
-    ps = [summary(study)['rows'][row]['vs'][summary(study)['cka_row']]['p'] for study, row in tests]
+    ps = []
+    for study, row in tests:
+        s = summary(study)
+        ps.append(s['rows'][row]['vs'][s['cka_row']]['p'])
     adjusted = holm_by_hand(ps)
-    family, cross, second = (len(tests) - 3, len(tests) - 2, len(tests) - 1)
+    family, cross, second = -3, -2, -1  # the last three tests above
     text = ' '.join(README.split())
     assert f'with p = {p_text(ps[family])} unadjusted (Holm {adjusted[family]:.3f} over the table\'s ten ' \
            f'comparisons: no difference found)' in text
@@ -216,6 +221,9 @@ def test_step_cost_table():
     cost = step_costs('resnet56_resnet8_family')
     ratios = {row: timed['ratio'] for row, timed in cost['rows'].items()}
     assert len(rows) == 1 and rows[0][0] == 'CPU, AVX2' and 'AVX2' in cost['machine']
+    # the ranked table's step column names the same machine
+    assert cost['machine'].startswith('AMD EPYC, CPU capability AVX2') and \
+        'its training step\'s time against KD\'s on a 2-core AMD EPYC, CPU capability AVX2 (below)' in ' '.join(README.split())
     for column, cell in zip(header[1:], rows[0][1:]):
         if column.startswith('ckagroup'):
             expected = ' / '.join(f'{ratios[r]:.2f}' for r in ('ckagroup_b5', 'ckagroup_b20', 'ckagroup_b20_even'))
@@ -272,7 +280,9 @@ def test_the_answer_per_pair():
         assert f'{pair}: {family_pair_answer(study)}.' in text, pair
     # FitNet against the headline, in the prose: level on the first pair, ahead on the cross pair
     level = summary(FAMILY)['headline_vs_methods']['rows']['hint']
+    assert level['verdict'] == 'no difference found' and level['n'] == 5
     assert f'FitNet the closest, {interval(level)} for the headline: no difference found' in text
+    assert f'no difference found against FitNet ({interval(level)} for the headline, seeds 0-4, paired)' in text
     behind = summary(CROSS)['headline_vs_methods']['rows']['hint']
     assert behind['verdict'] == 'behind' and behind['ahead'] == 0 and behind['n'] == 5
     by = f'{-behind["mean"]:.2f} [{-behind["high"]:.2f}, {-behind["low"]:.2f}] points'
@@ -326,10 +336,11 @@ def test_most_similar_flow_is_not_the_most_accurate_row():
     named = {'resnet56_resnet8': 'even_groups', 'resnet32_mobilenetv2': 'random_groups',
              FAMILY: 'ckagroup_b20_even', CROSS: 'hint', SECOND_TEACHER: 'ckagroup_b20_even'}
     for study, most_accurate in named.items():
-        rows = summary(study)['rows']
+        s = summary(study)
+        rows = s['rows']
         assert all(r['seeds'] == [0, 1, 2, 3, 4] for r in rows.values()), study
         flows = {name: r['flow_cka'] for name, r in rows.items() if r['flow_cka'] is not None}
-        assert max(flows, key=flows.get) == summary(study)['cka_row'], study
+        assert max(flows, key=flows.get) == s['cka_row'], study
         assert max(rows, key=lambda name: rows[name]['top1']['mean']) == most_accurate, study
     text = ' '.join(README.split())
     assert len(named) == 5
@@ -345,12 +356,9 @@ def block_ranges(groups: list) -> str:
 
 
 def teacher_groups_by_seed(study: str) -> dict:
-    folder = os.path.join(ROOT, 'docs', 'results', study, 'runs')
-    groups = {}
-    for seed in range(5):
-        with open(os.path.join(folder, f'ckagroup_b20_seed{seed}.json')) as f:
-            groups[seed] = block_ranges(json.load(f)['teacher_groups'])
-    return groups
+    """Seed -> the teacher groups its ckagroup_b20 run recorded, as the README writes them."""
+    runs = load_runs(os.path.join(ROOT, 'docs', 'results', study))
+    return {r['seed']: block_ranges(r['teacher_groups']) for r in runs if r['row'] == 'ckagroup_b20'}
 
 
 def test_second_teacher_paragraph():
@@ -367,6 +375,7 @@ def test_second_teacher_paragraph():
             f'{p_text(cka["holm_p"])} and {p_text(even["holm_p"])})') in text
     # the teachers' CKA splits, read from the runs' records
     first_groups, second_groups = teacher_groups_by_seed(FAMILY), teacher_groups_by_seed(SECOND_TEACHER)
+    assert sorted(first_groups) == sorted(second_groups) == [0, 1, 2, 3, 4]
     assert set(first_groups.values()) == {'0-9, 10-18, 19-26, 27'}
     assert 'first teacher\'s split its 28 block layers as 0-9, 10-18, 19-26 and 27 on every seed' in text
     usual = {seed: g for seed, g in second_groups.items() if seed != 3}
